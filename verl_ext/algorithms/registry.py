@@ -1,0 +1,217 @@
+"""verl registrations of the estimators: ``rlsd``, ``opsd``, ``sdpo`` and ``grpo_opsd``.
+
+``grpo`` stays verl's own. Each wrapper takes verl's usual keyword arguments
+(``token_level_rewards``, ``response_mask``, ``index``, ``config``) plus what the teacher pass adds
+(``teacher_log_probs``, ``old_log_probs``, ``global_step``, and optionally ``teacher_valid``,
+``reweight_mask`` and a ``metrics`` dict to fill), and returns ``(advantages, returns)`` like every
+verl estimator.
+
+Knobs, read from the algorithm config (``algorithm.<name>.<key>``):
+
+- ``algorithm.rlsd``: ``lambda_init`` (0.5), ``decay_steps`` (50), ``warmup_steps`` (0),
+  ``clip_eps`` (0.2), ``negative_only`` (false), ``thought_only`` (false: when true the trainer
+  passes ``reweight_mask`` marking the thought span).
+- ``algorithm.grpo_opsd``: ``beta`` (0.1; the paper does not report its value).
+- ``algorithm.norm_adv_by_std_in_grpo`` (verl's own key) for the GRPO part of ``rlsd`` and
+  ``grpo_opsd``.
+
+``global_step`` is verl's trainer step, which starts at 1; lambda is evaluated at
+``global_step - 1`` so the first update uses ``lambda_init``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from verl.trainer.ppo import core_algos
+
+from verl_ext.algorithms.checks import check_finite, check_shape, section
+from verl_ext.algorithms.estimators import (
+    grpo_opsd_advantages,
+    opsd_advantages,
+    rlsd_advantages,
+    rlsd_lambda,
+    sdpo_advantages,
+)
+
+# The verl trainer mode that computes teacher log-probs and passes them to these estimators.
+TEACHER_TRAINER_MODE = "self_distill"
+
+RLSD_DEFAULTS = {
+    "lambda_init": 0.5,
+    "decay_steps": 50,
+    "warmup_steps": 0,
+    "clip_eps": 0.2,
+    "negative_only": False,
+    "thought_only": False,
+}
+GRPO_OPSD_DEFAULTS = {"beta": 0.1}
+# Estimators that need a teacher pass; grpo needs none.
+TEACHER_ESTIMATORS = ("rlsd", "opsd", "sdpo", "grpo_opsd")
+
+
+def _require(name: str, estimator: str, value: Any) -> Any:
+    if value is None:
+        raise ValueError(
+            f"advantage estimator '{estimator}' needs '{name}', which verl's default trainer does not provide; "
+            f"run with trainer.v1.trainer_mode={TEACHER_TRAINER_MODE} (the teacher pass of verl_ext), "
+            f"or call verl_ext.algorithms.{estimator}_advantages directly"
+        )
+    return value
+
+
+def grpo_sequence_advantages(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None,
+    config: Any = None,
+    estimator: str = "grpo",
+) -> torch.Tensor:
+    """``A_i`` ``[B]``: verl's GRPO outcome advantage (group mean/std per uid, epsilon 1e-6)."""
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
+    check_shape("token_level_rewards", token_level_rewards, response_mask.shape, "response_mask")
+    check_finite("token_level_rewards", token_level_rewards)
+    _require("index", estimator, index)
+    if len(index) != response_mask.shape[0]:
+        raise ValueError(f"shape mismatch: index has length {len(index)} but response_mask has shape {tuple(response_mask.shape)}")
+    norm = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+    token_adv, _ = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards,
+        response_mask=response_mask,
+        index=index,
+        epsilon=1e-6,
+        norm_adv_by_std_in_grpo=norm,
+        config=config,
+    )
+    # verl broadcasts A_i over valid tokens; read it back at each row's first valid token.
+    first = response_mask.bool().float().argmax(dim=-1, keepdim=True)
+    return token_adv.gather(1, first).squeeze(-1)
+
+
+def _log(metrics: dict | None, prefix: str, values: dict[str, float]) -> None:
+    if metrics is not None:
+        metrics.update({f"{prefix}/{k}": v for k, v in values.items()})
+
+
+@core_algos.register_adv_est("rlsd")
+def compute_rlsd_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    global_step: int | None = None,
+    reweight_mask: torch.Tensor | None = None,
+    metrics: dict | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLSD: ``A_i * ((1 - lambda) + lambda * clip(exp(sign(A_i) * delta_t), 1 - eps, 1 + eps))``.
+
+    ``[B, T]`` in, ``([B, T], [B, T])`` out; see :func:`verl_ext.algorithms.rlsd_advantages`.
+    """
+    opts = section(config, "rlsd", RLSD_DEFAULTS)
+    teacher_log_probs = _require("teacher_log_probs", "rlsd", teacher_log_probs)
+    old_log_probs = _require("old_log_probs", "rlsd", old_log_probs)
+    global_step = _require("global_step", "rlsd", global_step)
+    if opts["thought_only"]:
+        reweight_mask = _require("reweight_mask (algorithm.rlsd.thought_only=true)", "rlsd", reweight_mask)
+    seq_adv = grpo_sequence_advantages(token_level_rewards, response_mask, index, config, "rlsd")
+    lam = rlsd_lambda(
+        max(int(global_step) - 1, 0),
+        init=float(opts["lambda_init"]),
+        decay_steps=int(opts["decay_steps"]),
+        warmup_steps=int(opts["warmup_steps"]),
+    )
+    adv, values = rlsd_advantages(
+        seq_adv,
+        teacher_log_probs,
+        old_log_probs,
+        response_mask,
+        lam,
+        clip_eps=float(opts["clip_eps"]),
+        negative_only=bool(opts["negative_only"]),
+        reweight_mask=reweight_mask if opts["thought_only"] else None,
+    )
+    _log(metrics, "rlsd", values)
+    return adv, adv
+
+
+def _distill(
+    estimator: str,
+    fn,
+    config: Any,
+    response_mask: torch.Tensor,
+    teacher_log_probs: torch.Tensor | None,
+    old_log_probs: torch.Tensor | None,
+    teacher_valid: torch.Tensor | None,
+    metrics: dict | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    section(config, estimator, {})  # no knobs of its own: any option given is a mistake
+    adv, values = fn(
+        _require("teacher_log_probs", estimator, teacher_log_probs),
+        _require("old_log_probs", estimator, old_log_probs),
+        response_mask,
+        teacher_valid,
+    )
+    _log(metrics, estimator, values)
+    return adv, adv
+
+
+@core_algos.register_adv_est("opsd")
+def compute_opsd_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    global_step: int | None = None,
+    teacher_valid: torch.Tensor | None = None,
+    metrics: dict | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OPSD: ``delta_t`` with a teacher that saw a verified reference trace. ``[B, T]`` in and out."""
+    return _distill("opsd", opsd_advantages, config, response_mask, teacher_log_probs, old_log_probs, teacher_valid, metrics)
+
+
+@core_algos.register_adv_est("sdpo")
+def compute_sdpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    global_step: int | None = None,
+    teacher_valid: torch.Tensor | None = None,
+    metrics: dict | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPO: ``delta_t`` with a teacher that saw a successful sibling; rows with none get 0."""
+    return _distill("sdpo", sdpo_advantages, config, response_mask, teacher_log_probs, old_log_probs, teacher_valid, metrics)
+
+
+@core_algos.register_adv_est("grpo_opsd")
+def compute_grpo_opsd_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    global_step: int | None = None,
+    metrics: dict | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO+OPSD: ``A_i + beta * delta_t``. ``[B, T]`` in and out."""
+    opts = section(config, "grpo_opsd", GRPO_OPSD_DEFAULTS)
+    teacher_log_probs = _require("teacher_log_probs", "grpo_opsd", teacher_log_probs)
+    old_log_probs = _require("old_log_probs", "grpo_opsd", old_log_probs)
+    seq_adv = grpo_sequence_advantages(token_level_rewards, response_mask, index, config, "grpo_opsd")
+    adv, values = grpo_opsd_advantages(seq_adv, teacher_log_probs, old_log_probs, response_mask, float(opts["beta"]))
+    _log(metrics, "grpo_opsd", values)
+    return adv, adv

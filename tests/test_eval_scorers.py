@@ -134,6 +134,10 @@ MATHVISION_CASES = [
     ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", MVIS_FREE, True),
     ("<answer></answer>", "7", MVIS_FREE, False),
     ("\\boxed{x^2 - 1}", "x^2+1", MVIS_FREE, False),
+    # the next three only math-verify accepts (mathruler's grade_answer says no)
+    ("\\boxed{\\frac{6}{8}}", "\\frac{3}{4}", MVIS_FREE, True),
+    ("\\boxed{2^{10}}", "1024", MVIS_FREE, True),
+    ("\\boxed{\\{2, 1\\}}", "\\{1,2\\}", MVIS_FREE, True),
 ]
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import threading
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
@@ -324,13 +325,16 @@ def math_equal(pred: str, gold: str) -> bool:
             return True
     except Exception:  # mathruler raises on malformed LaTeX: treat as not equal
         pass
-    try:
-        from math_verify import parse, verify
+    from math_verify import parse, verify
 
-        g = parse("$" + str(gold) + "$", parsing_timeout=None)
-        p = parse("$" + str(pred) + "$", parsing_timeout=None)
-        return bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=None))
-    except Exception:
+    # math-verify's timeout uses signal.alarm, which only works in the main thread (verl calls
+    # reward functions from executor threads): elsewhere run without its timeout.
+    t = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        g = parse("$" + str(gold) + "$", parsing_timeout=t)
+        p = parse("$" + str(pred) + "$", parsing_timeout=t)
+        return bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=t))
+    except Exception:  # malformed LaTeX or a timeout: not equal
         return False
 
 

@@ -202,6 +202,12 @@ def test_wemath_rows(response, gold, correct):
     assert score("wemath", response, gold, {"problem_type": MC, "options": WE_OPTS})["correct"] is correct
 
 
+def test_wemath_options_with_their_own_labels_and_unlisted_letters():
+    info = {"problem_type": MC, "options": ["A. 12", "B. 15", "C. 18"]}
+    assert score("wemath", "<answer>15</answer>", "B", info)["correct"] is True  # label stripped
+    assert score("wemath", "<answer>G</answer>", "G", {"problem_type": MC, "options": []})["correct"] is True
+
+
 def _group(gid, steps, subs, multi):
     rows = [{"group_id": gid, "key": f"{steps}steps_{i + 1}", "correct": c} for i, c in enumerate(subs)]
     return rows + [{"group_id": gid, "key": f"{steps}steps_multi", "correct": multi}]

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol-file", default=None, help="YAML file of protocol fields overriding the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one protocol field, e.g. --set max_new_tokens=8 (repeatable)")
-    p.add_argument("--split", action="append", default=[], metavar="BENCH=SPLIT", help="read this split (repeatable)")
+    p.add_argument("--split", action="append", default=[], metavar="BENCH=SPLIT", help="read this split (comma-separated for several; repeatable)")
     p.add_argument("--limit", type=int, default=None, help="first N rows of each benchmark only (smoke tests)")
     p.add_argument("--label", default=None, help="name of our row in the table (a paper method name adds a delta row)")
     g = p.add_argument_group("vllm backend")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None, on_record=None) -> dict:
     benches = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     protocol = load_protocol(args.preset, args.protocol_file, _kv(args.overrides, "--set"))
     for bench, split in _kv(args.split, "--split").items():
-        protocol.splits[bench] = [split]
+        protocol.splits[bench] = [x.strip() for x in split.split(",") if x.strip()]
     out_dir = Path(args.out_dir)
     model = resolve_model(args.model, out_dir / "merged_model")
     kw = {

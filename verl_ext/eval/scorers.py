@@ -187,7 +187,12 @@ def _options(extra_info: Mapping[str, Any]) -> list[str]:
             opts = ast.literal_eval(opts)
         except (ValueError, SyntaxError):
             return [opts]
-    return [str(o) for o in list(opts)]
+    out = [str(o) for o in list(opts)]
+    # drop "A. " / "(A) " labels written into the option texts themselves
+    labelled = [re.match(rf"^\(?{LETTERS[i]}[.):]\s*", o) for i, o in enumerate(out)]
+    if out and all(labelled):
+        out = [o[m.end():] for o, m in zip(out, labelled)]
+    return out
 
 
 def _is_multiple_choice(extra_info: Mapping[str, Any], ground_truth: str) -> bool:
@@ -353,7 +358,7 @@ def zerobench_match(pred: str, gold: str) -> bool:
 
 def score_wemath(response: str, ground_truth: str, extra_info: Mapping[str, Any]) -> dict:
     ext = extract_answer(response)
-    return _mc_result(ext, ground_truth, _options(extra_info))
+    return _mc_result(ext, ground_truth, _options(extra_info), n_letters=8)  # A-H when unlisted
 
 
 SCORERS: dict[str, Callable[[str, str, Mapping[str, Any]], dict]] = {

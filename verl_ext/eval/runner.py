@@ -1,0 +1,186 @@
+"""Evaluation loop: generate, score, append to the per-sample JSONL, aggregate, write the tables.
+
+Output layout under ``out_dir``:
+
+* ``run.json``: model, backend, protocol and scorer version; a rerun into the same directory must
+  match it (so resumed samples come from the same setup).
+* ``<bench>/samples.jsonl``: one line per sample (``id``, ``split``, ``response``, ``extracted``,
+  ``pred``, ``correct``, ...), appended and flushed as each sample finishes; on restart the ids
+  already there are skipped.
+* ``<bench>/results.json``: metrics, protocol, splits, scorer version.
+* ``table.md`` and ``summary.json``: our numbers beside the paper's Table 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from verl_ext.eval.backends import Backend
+from verl_ext.eval.data import Sample, load_benchmark
+from verl_ext.eval.protocol import Protocol
+from verl_ext.eval.scorers import BENCHMARKS, SCORER_VERSION, aggregate, score
+from verl_ext.eval.table import average, markdown_table
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a per-sample JSONL. A torn last line (crash mid-write) is cut off the file;
+    a bad line elsewhere is an error."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                with open(path, "w") as f:
+                    f.writelines(lines[:-1])
+                break
+            raise ValueError(f"{path} line {i + 1}: not valid JSON ({e})") from e
+    return records
+
+
+def check_run_meta(out_dir: Path, meta: dict) -> None:
+    """Write ``run.json``, or check that a resumed run uses the same model/backend/protocol."""
+    f = out_dir / "run.json"
+    if f.exists():
+        old = json.loads(f.read_text())
+        diff = {k: (old.get(k), meta[k]) for k in meta if old.get(k) != meta[k]}
+        if diff:
+            raise ValueError(
+                f"{f} was written by a different setup {diff}; its samples cannot be resumed. "
+                "Use a new --out-dir or delete the old one."
+            )
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def evaluate_benchmark(
+    benchmark: str,
+    samples: list[Sample],
+    backend: Backend,
+    out_dir: Path,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Generate and score the samples not yet in ``out_dir/<benchmark>/samples.jsonl``; returns
+    all records of ``samples`` (old and new) in sample order. ``on_record`` is called after each
+    record is written (a hook for progress reporting or tests)."""
+    bdir = out_dir / benchmark
+    bdir.mkdir(parents=True, exist_ok=True)
+    path = bdir / "samples.jsonl"
+    done = {r["id"]: r for r in read_records(path)}
+    todo = [s for s in samples if s.uid not in done]
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=benchmark, unit="sample", dynamic_ncols=True)
+    t0, n_new = time.time(), 0
+    with open(path, "a") as f:
+        for start in range(0, len(todo), max(1, backend.batch_size)):
+            chunk = todo[start : start + max(1, backend.batch_size)]
+            gens = backend.generate(chunk)
+            for s, g in zip(chunk, gens):
+                res = score(benchmark, g.text, s.ground_truth, s.extra_info)
+                rec: dict[str, Any] = {
+                    "id": s.uid,
+                    "split": s.split,
+                    "index": s.index,
+                    "data_source": benchmark,
+                    **s.scorer_keys(),
+                    "ground_truth": s.ground_truth,
+                    "response": g.text,
+                    "extracted": res["extracted"],
+                    "pred": res["pred"],
+                    "correct": bool(res["correct"]),
+                    "num_tokens": g.num_tokens,
+                    "finish_reason": g.finish_reason,
+                }
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                done[s.uid] = rec
+                n_new += 1
+                bar.update(1)
+                bar.set_postfix(samples_per_s=f"{n_new / max(time.time() - t0, 1e-9):.2f}")
+                if on_record is not None:
+                    on_record(rec)
+    bar.close()
+    return [done[s.uid] for s in samples]
+
+
+def run(
+    backend_factory: Callable[[], Backend],
+    backend_name: str,
+    model: str,
+    data_dir: str | Path,
+    benchmarks: list[str],
+    out_dir: str | Path,
+    protocol: Protocol,
+    limit: int | None = None,
+    label: str | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> dict:
+    """Evaluate ``benchmarks`` and write every output file; returns the summary dict.
+
+    The backend is built lazily (only if some sample is left to generate), so re-running a
+    finished evaluation only re-aggregates.
+    """
+    for b in benchmarks:
+        if b not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)}")
+    out = Path(out_dir)
+    meta = {"model": str(model), "backend": backend_name, "protocol": protocol.to_dict(), "scorer_version": SCORER_VERSION}
+    check_run_meta(out, meta)
+    loaded = {}
+    for b in benchmarks:
+        samples, splits = load_benchmark(data_dir, b, protocol.splits.get(b, []))
+        loaded[b] = (samples[:limit] if limit else samples, splits, len(samples))
+
+    backend: Backend | None = None
+    results: dict[str, dict] = {}
+    for b in benchmarks:
+        samples, splits, total = loaded[b]
+        done_ids = {r["id"] for r in read_records(out / b / "samples.jsonl")}
+        if backend is None and any(s.uid not in done_ids for s in samples):
+            backend = backend_factory()
+        records = evaluate_benchmark(b, samples, backend, out, on_record) if backend else _stored(out, b, samples)
+        metrics = aggregate(b, records)
+        res = {
+            "benchmark": b,
+            "model": str(model),
+            "backend": backend_name,
+            "splits": splits,
+            "rows_in_files": total,
+            "limit": limit,
+            "scorer_version": SCORER_VERSION,
+            "protocol": protocol.to_dict(),
+            "metrics": metrics,
+        }
+        (out / b / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+        results[b] = res
+
+    scores = {b: r["metrics"]["score"] for b, r in results.items()}
+    label = label or Path(str(model).rstrip("/")).name
+    table = markdown_table(scores, label, results)
+    proto = protocol.to_dict()
+    table += (
+        f"\nProtocol: preset {proto['preset']}, temperature {proto['temperature']}, top_p {proto['top_p']}, "
+        f"top_k {proto['top_k']}, presence penalty {proto['presence_penalty']}, n {proto['n']}, "
+        f"max new tokens {proto['max_new_tokens']}, backend {backend_name}, scorer {SCORER_VERSION}"
+        + (f", first {limit} rows per benchmark only" if limit else "")
+        + ".\n"
+    )
+    (out / "table.md").write_text(table)
+    summary = {"label": label, "scores": scores, "average": average(scores), **meta, "limit": limit}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _stored(out: Path, benchmark: str, samples: list[Sample]) -> list[dict]:
+    done = {r["id"]: r for r in read_records(out / benchmark / "samples.jsonl")}
+    return [done[s.uid] for s in samples]

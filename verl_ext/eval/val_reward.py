@@ -1,0 +1,44 @@
+"""A verl reward function that scores benchmark rows with the evaluation scorers.
+
+verl's validation (``trainer.test_freq``) calls the reward function on every validation response
+and groups the returned keys by ``data_source``: with ``acc`` present, the metric
+``val-core/<data_source>/acc/mean@1`` is the benchmark's row accuracy. Wiring::
+
+    reward.custom_reward_function.path=pkg://verl_ext.eval.val_reward
+    reward.custom_reward_function.name=compute_score
+    data.val_files=[DIR/mmmu/validation.parquet,DIR/mathvista/testmini.parquet,...]
+
+Rows of other data sources (training data) go to ``fallback`` (verl's ``default_compute_score``
+unless replaced), so the same function can serve training and validation.
+WeMath's group score needs whole groups and is not a per-row quantity: validation shows WeMath
+row accuracy; the command-line evaluation reports the group score.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from verl_ext.eval.scorers import SCORERS, score
+
+
+def _default_fallback(data_source, solution_str, ground_truth, extra_info):
+    from verl.utils.reward_score import default_compute_score
+
+    return default_compute_score(data_source, solution_str, ground_truth, extra_info)
+
+
+fallback: Callable[..., Any] = _default_fallback
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs) -> Any:
+    """``{"score": 1.0|0.0, "acc": same, "pred": normalised prediction}`` for benchmark rows;
+    ZeroBench rows also get ``acc_<variant>`` (``acc_subquestions`` / ``acc_main``)."""
+    if data_source not in SCORERS:
+        return fallback(data_source, solution_str, ground_truth, extra_info)
+    extra_info = dict(extra_info or {})
+    res = score(data_source, solution_str, ground_truth, extra_info)
+    ok = 1.0 if res["correct"] else 0.0
+    out = {"score": ok, "acc": ok, "pred": "" if res["pred"] is None else str(res["pred"])}
+    if data_source == "zerobench":
+        out[f"acc_{extra_info.get('variant') or 'subquestions'}"] = ok
+    return out

@@ -8,3 +8,4 @@ entry point (see :mod:`verl_ext.plugin`), so ``import verl`` is enough in every 
 from verl_ext import algorithms  # noqa: F401  (registers the estimators)
 
 __all__ = ["algorithms"]
+from verl_ext import cpu  # noqa: E402,F401  (CPU platform; active only with VERL_PLATFORM=cpu)

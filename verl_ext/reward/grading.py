@@ -119,7 +119,7 @@ def parse_number(s: str) -> float | None:
 
 _CHOICE_RES = (
     re.compile(r"^\(?([A-Z])\)?[.:)]?$"),
-    re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is\s*)?:?\s*\(?([A-Z])\)?\.?$", re.I),
+    re.compile(r"^(?i:the\s+)?(?i:correct\s+)?(?i:answer|option|choice)\s*(?i:is\s*)?:?\s*\(?([A-Z])\)?\.?$"),
     re.compile(r"^\(?([A-Z])\)?[.:)]\s+\S"),  # "B. 12 cm", "(B) 12 cm"
 )
 

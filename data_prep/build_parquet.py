@@ -66,8 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.source is not None:
         if len(names) != 1:
             p.error("--source names the source of one dataset; use --<dataset>-source for several")
-        if names[0] != "synthetic":
-            setattr(args, f"{names[0]}_source", args.source)
+        if names[0] == "synthetic":
+            p.error("synthetic is generated and takes no --source")
+        setattr(args, f"{names[0]}_source", args.source)
     args.names = names
     for flag in ("limit", "shard_size", "min_pixels", "max_pixels"):
         v = getattr(args, flag)

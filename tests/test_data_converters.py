@@ -188,3 +188,15 @@ def test_hub_source_fails_clearly_offline(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "'We-Math/We-Math'" in err and "local path" in err
     assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_hub_code_path_streams_without_decoding(tmp_path):
+    """The hub reader (``datasets.load_dataset(..., streaming=True)``) run on a local parquet repo,
+    the closest to a hub this machine has: same streaming and image handling, no network."""
+    from data_prep.sources import open_hub
+
+    exp = L.write_train_upstream(tmp_path / "repo", n=3)
+    stream = open_hub(str(tmp_path / "repo"), "train")
+    rows = [r for _, r in stream.rows()]
+    assert [r["id"] for r in rows] == [e["id"] for e in exp]
+    assert rows[0]["image"]["bytes"] == exp[0]["images"][0]  # undecoded bytes, not a PIL image

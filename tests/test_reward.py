@@ -113,6 +113,14 @@ def test_extraction():
     assert not has_format("<answer>b</answer><thought>a</thought>")
 
 
+def test_options_as_numpy_array():
+    import numpy as np
+
+    out = compute_score("x", f"{T}<answer>4 cm</answer>", "B", {"problem_type": "multiple choice",
+                                                               "options": np.array(OPTS, dtype=object)})
+    assert out["acc"] == 1.0
+
+
 def test_grade_helpers_direct():
     assert grade("\\frac{2}{4}", "0.5", "math")
     assert grade("B", "4 cm", "multiple choice", options=OPTS)  # ground truth given as option text

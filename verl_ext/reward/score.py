@@ -69,7 +69,8 @@ def compute_score(data_source=None, solution_str="", ground_truth="", extra_info
     """
     set_symbolic_workers(symbolic_workers)
     info = dict(extra_info or {})
-    options = list(info.get("options") or [])
+    opts = info.get("options")  # a list, or a numpy array after a round trip through verl's batch
+    options = [] if opts is None else [str(o) for o in list(opts)]
     ptype = info.get("problem_type")
     ptype = normalize_problem_type(ptype) if ptype else ("multiple choice" if options else "math")
     text = solution_str if isinstance(solution_str, str) else ""

@@ -200,3 +200,13 @@ def test_hub_code_path_streams_without_decoding(tmp_path):
     rows = [r for _, r in stream.rows()]
     assert [r["id"] for r in rows] == [e["id"] for e in exp]
     assert rows[0]["image"]["bytes"] == exp[0]["images"][0]  # undecoded bytes, not a PIL image
+
+
+def test_problem_types_agree_with_the_reward():
+    """data_prep keeps its own copy (so it never imports verl); both must name the same types."""
+    from data_prep import common
+    from verl_ext.reward import PROBLEM_TYPES, normalize_problem_type
+
+    assert common.PROBLEM_TYPES == PROBLEM_TYPES
+    for spelling, canonical in common._TYPE_SPELLINGS.items():
+        assert normalize_problem_type(spelling) == canonical

@@ -81,6 +81,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> dict:
+    try:
+        sample = conv.convert(raw, row_id, job)
+        return build_row(sample, data_source=conv.name, ability=conv.ability, split=split, index=index,
+                         renderer=renderer, image_opts=image_opts, with_trace=conv.with_trace)
+    except BadRow:
+        raise
+    except Exception as e:  # an unexpected value type in a column is still a row error
+        raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
+
+
 def _convert_split(name, conv, job, args, renderer, out_root, summary):
     source = getattr(args, f"{name}_source", None) or conv.hub_id
     stream = conv.stream(source, job, args)
@@ -113,16 +124,8 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
             split = VAL_SPLIT if pos in val_rows else job.split
             row_id = conv.row_id(raw, pos, job)
             try:
-                try:
-                    sample = conv.convert(raw, row_id, job)
-                    row = build_row(sample, data_source=conv.name, ability=conv.ability, split=split,
-                                    index=writers[split].rows, renderer=renderer,
-                                    image_opts=ImageOptions(args.min_pixels, args.max_pixels, base_dir),
-                                    with_trace=conv.with_trace)
-                except BadRow:
-                    raise
-                except Exception as e:  # an unexpected value type in a column: still a row error
-                    raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
+                row = _convert_row(conv, raw, row_id, job, split, writers[split].rows, renderer,
+                                   ImageOptions(args.min_pixels, args.max_pixels, base_dir))
             except BadRow as e:
                 e.locate(name, split, row_id)
                 if not args.skip_bad:

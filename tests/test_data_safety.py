@@ -195,3 +195,14 @@ def test_killed_run_leaves_no_finished_file(tmp_path):
     # the half-written temporary is not a readable parquet file
     with pytest.raises(Exception):
         pq.read_table(out / "synthetic" / names[0])
+
+
+def test_unexpected_value_type_is_a_row_error_too(tmp_path):
+    src = tmp_path / "src"
+    row = good_paper_row(1, src)
+    row.update(problem_type="multiple choice", options=5, id="odd")
+    write_jsonl(src, [row])
+    with pytest.raises(BadRow, match=r"row 'odd', field '<row>': TypeError"):
+        run(tmp_path / "out", "train", "--source", str(src))
+    s = run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
+    assert (s[0]["written"], s[0]["rejected"]) == (0, 1)

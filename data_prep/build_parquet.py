@@ -94,7 +94,11 @@ def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> 
 
 def _convert_split(name, conv, job, args, renderer, out_root, summary):
     source = getattr(args, f"{name}_source", None) or conv.hub_id
-    stream = conv.stream(source, job, args)
+    try:
+        stream = conv.stream(source, job, args)
+    except SourceError as e:
+        hint = "" if name == "synthetic" else f" [--source or --{name}-source PATH]"
+        raise SourceError(f"{name}: {e}{hint}") from None
     total = stream.total
     if args.limit is not None:
         total = args.limit if total is None else min(total, args.limit)

@@ -56,6 +56,7 @@ CASES = [
     (f"{T}<answer>A or B</answer>", "B", "multiple choice", OPTS, 0, 1),
     (f"{T}<answer>C</answer>", "C", "multiple choice", [], 1, 1),                 # no options given
     (f"{T}<answer>Option C</answer>", "C", "multiple choice", OPTS, 1, 1),
+    (f"{T}<answer>**C**</answer>", "C", "multiple choice", OPTS, 1, 1),
     # numerical: rounded to 2 decimals
     (f"{T}<answer>3.14159</answer>", "3.14", "numerical", [], 1, 1),
     (f"{T}<answer>3.149</answer>", "3.14", "numerical", [], 0, 1),
@@ -71,6 +72,8 @@ CASES = [
     (f"{T}<answer>12.0</answer>", "12", "open", [], 1, 1),
     (f"{T}<answer>forty-two</answer>", "Forty-two.", "open", [], 1, 1),
     (f"{T}<answer>a black cat</answer>", "cat", "open", [], 0, 1),
+    (f"{T}<answer>[1,2]</answer>", "[1, 2]", "open", [], 1, 1),
+    (f"{T}<answer>x = 3.5</answer>", "3.5", "numerical", [], 1, 1),
 ]
 
 

@@ -66,21 +66,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.source is not None:
         if len(names) != 1:
             p.error("--source names the source of one dataset; use --<dataset>-source for several")
-        if names[0] != "synthetic":
-            setattr(args, f"{names[0]}_source", args.source)
+        if names[0] == "synthetic":
+            p.error("synthetic is generated and takes no --source")
+        setattr(args, f"{names[0]}_source", args.source)
     args.names = names
     for flag in ("limit", "shard_size", "min_pixels", "max_pixels"):
         v = getattr(args, flag)
         if v is not None and v <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
+        p.error("--min-pixels must not exceed --max-pixels")
     if args.val_size < 0:
         p.error("--val-size must be >= 0")
     return args
 
 
+def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> dict:
+    try:
+        sample = conv.convert(raw, row_id, job)
+        return build_row(sample, data_source=conv.name, ability=conv.ability, split=split, index=index,
+                         renderer=renderer, image_opts=image_opts, with_trace=conv.with_trace)
+    except BadRow:
+        raise
+    except Exception as e:  # an unexpected value type in a column is still a row error
+        raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
+
+
 def _convert_split(name, conv, job, args, renderer, out_root, summary):
     source = getattr(args, f"{name}_source", None) or conv.hub_id
-    stream = conv.stream(source, job, args)
+    try:
+        stream = conv.stream(source, job, args)
+    except SourceError as e:
+        hint = "" if name == "synthetic" else f" [--source or --{name}-source PATH]"
+        raise SourceError(f"{name}: {e}{hint}") from None
     total = stream.total
     if args.limit is not None:
         total = args.limit if total is None else min(total, args.limit)
@@ -110,16 +128,8 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
             split = VAL_SPLIT if pos in val_rows else job.split
             row_id = conv.row_id(raw, pos, job)
             try:
-                try:
-                    sample = conv.convert(raw, row_id, job)
-                    row = build_row(sample, data_source=conv.name, ability=conv.ability, split=split,
-                                    index=writers[split].rows, renderer=renderer,
-                                    image_opts=ImageOptions(args.min_pixels, args.max_pixels, base_dir),
-                                    with_trace=conv.with_trace)
-                except BadRow:
-                    raise
-                except Exception as e:  # an unexpected value type in a column: still a row error
-                    raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
+                row = _convert_row(conv, raw, row_id, job, split, writers[split].rows, renderer,
+                                   ImageOptions(args.min_pixels, args.max_pixels, base_dir))
             except BadRow as e:
                 e.locate(name, split, row_id)
                 if not args.skip_bad:

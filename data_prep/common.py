@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,24 @@ import jinja2
 import pyarrow as pa
 from PIL import Image
 
-from verl_ext.reward.grading import PROBLEM_TYPES, normalize_problem_type
+
+# The four problem types of the row contract (the reward routes on them: verl_ext.reward.grading).
+# Kept here, not imported, so that building data does not import verl and torch.
+PROBLEM_TYPES = ("multiple choice", "math", "numerical", "open")
+_TYPE_SPELLINGS = {
+    "multiple choice": "multiple choice", "multiple-choice": "multiple choice",
+    "multiple_choice": "multiple choice", "multi_choice": "multiple choice", "mcq": "multiple choice",
+    "math": "math", "numerical": "numerical", "numeric": "numerical",
+    "open": "open", "open-ended": "open", "open_ended": "open", "free_form": "open",
+}
+
+
+def normalize_problem_type(value) -> str:
+    """A source's spelling of a problem type -> one of ``PROBLEM_TYPES``; ValueError if unknown."""
+    key = str(value).strip().lower() if value is not None else ""
+    if key not in _TYPE_SPELLINGS:
+        raise ValueError(f"unknown problem_type {value!r}")
+    return _TYPE_SPELLINGS[key]
 
 IMAGE_TOKEN = "<image>"
 LETTERS = string.ascii_uppercase
@@ -122,7 +140,7 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
 
         nh, nw = smart_resize(h, w, factor=IMAGE_FACTOR,
                               min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
-                              max_pixels=opts.max_pixels or max(w * h, IMAGE_FACTOR * IMAGE_FACTOR))
+                              max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0, IMAGE_FACTOR * IMAGE_FACTOR))
         if img.mode not in ("RGB", "RGBA", "L"):
             img = img.convert("RGB")
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
@@ -157,14 +175,19 @@ def clean_answer_text(answer: Any) -> str:
     return s
 
 
-def letter_for(answer: str, options: list[str]) -> str:
-    """The option letter of a multiple-choice answer given as a letter or as an option's text."""
-    from verl_ext.reward.grading import parse_choice
+def _norm_option(s: str) -> str:
+    return " ".join(str(s).split()).casefold().rstrip(".")
 
+
+def letter_for(answer: str, options: list[str]) -> str:
+    """The option letter of a multiple-choice answer given as a letter (``B``, ``(B)``, ``B.``) or
+    as exactly one option's text (case and spacing aside)."""
     a = answer.strip()
-    if len(a) == 1 and a.upper() in LETTERS[: len(options)]:
-        return a.upper()
-    letter = parse_choice(a, options)
+    m = re.fullmatch(r"\(?([A-Za-z])\)?\.?", a)
+    if m and m.group(1).upper() in LETTERS[: len(options)]:
+        return m.group(1).upper()
+    hits = [i for i, o in enumerate(options) if _norm_option(o) == _norm_option(a)]
+    letter = LETTERS[hits[0]] if len(hits) == 1 else None
     if letter is None:
         raise BadRow("answer", f"multiple-choice answer {answer!r} is neither an option letter "
                                f"(A-{LETTERS[len(options) - 1]}) nor an option's text")

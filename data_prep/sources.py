@@ -2,7 +2,8 @@
 parquet files, JSON/JSONL files, or a directory of those) or a hub id (``datasets`` streaming).
 
 Every reader yields plain dicts with images left undecoded (``{"bytes", "path"}`` structs), a
-batch of at most ``BATCH_ROWS`` rows in memory at a time.
+batch of at most ``BATCH_ROWS`` rows in memory at a time (a plain JSON list file is the exception:
+it is parsed whole, so use JSONL or parquet for large sets).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def _parquet_rows(files: list[Path]):
 
     def gen():
         for f in files:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            # pre_buffer would cache whole column chunks of the file: memory grows with its size
+            pf = pq.ParquetFile(f, pre_buffer=False)
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
                 for row in batch.to_pylist():
                     yield str(f.parent), row
     return gen

@@ -151,5 +151,8 @@ class RejectLog:
 
 
 def _reason_kind(reason: str) -> str:
-    """The reason without row-specific detail (for the summary's counts)."""
-    return re.split(r" \(|: |'|\"", reason, maxsplit=1)[0].strip()
+    """The reason without row-specific detail (quoted values, numbers, parenthesised details), so
+    that the summary counts rows per kind of problem."""
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"", "...", reason)
+    kind = re.sub(r"\d+", "N", kind)
+    return kind.split(" (", 1)[0].strip()

@@ -43,11 +43,9 @@ class MMMUConverter(Converter):
                 raise BadRow("options", f"options is not a Python list literal: {str(opts_raw)[:80]!r}") from None
             if not isinstance(options, list):
                 raise BadRow("options", f"options is a {type(options).__name__}, not a list")
-        available = {k: f"image_{k}" for k in range(1, 8) if raw.get(f"image_{k}") is not None}
-        # a reference to a null image column is reported against that column by build_row
-        for k in range(1, 8):
-            if f"image_{k}" in raw and k not in available:
-                available[k] = f"image_{k}"
+        # a reference to a null image column is reported against that column by build_row; as in
+        # MMMU's own evaluation, only referenced images are shown
+        available = {k: f"image_{k}" for k in range(1, 8) if f"image_{k}" in raw}
         texts, order = numbered_to_placeholders([need(raw, "question")] + [str(o) for o in options], available)
         question, options = texts[0], texts[1:]
         images = [(name, raw.get(name)) for name in order]

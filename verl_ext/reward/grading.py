@@ -79,6 +79,7 @@ def normalize_text(s: str) -> str:
     s = clean_answer(s).lower()
     s = s.strip("\"'`“”‘’ ")
     s = re.sub(r"\s+", " ", s)
+    s = re.sub(r"\s*,\s*", ", ", s)  # "[1,2]" == "[1, 2]"
     return s.rstrip(".").strip()
 
 
@@ -119,7 +120,7 @@ def parse_number(s: str) -> float | None:
 
 _CHOICE_RES = (
     re.compile(r"^\(?([A-Z])\)?[.:)]?$"),
-    re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is\s*)?:?\s*\(?([A-Z])\)?\.?$", re.I),
+    re.compile(r"^(?i:the\s+)?(?i:correct\s+)?(?i:answer|option|choice)\s*(?i:is\s*)?:?\s*\(?([A-Z])\)?\.?$"),
     re.compile(r"^\(?([A-Z])\)?[.:)]\s+\S"),  # "B. 12 cm", "(B) 12 cm"
 )
 
@@ -130,7 +131,7 @@ def parse_choice(answer: str, options: list[str] | None = None) -> str | None:
     Letters beyond the option count are rejected. Returns None when no single option is named."""
     if answer is None:
         return None
-    a = clean_answer(answer)
+    a = clean_answer(answer).strip("*_ ")  # markdown emphasis: **B**
     n = len(options) if options else 26
     for rx in _CHOICE_RES:
         m = rx.match(a)

@@ -5,7 +5,7 @@ inside a single C call, so neither a thread nor ``signal.alarm`` can stop it. ve
 the reward function from a thread pool, where ``signal`` cannot be used at all. So the symbolic
 check runs in a long-lived child process (``_worker.py``); a request that exceeds ``timeout``
 seconds gets the child killed (restarted on the next call) and counts as "not equal".
-One child per process, requests serialised by a lock.
+A small pool of such children (``set_symbolic_workers``, default 2) serves concurrent callers.
 """
 
 from __future__ import annotations
@@ -62,34 +62,73 @@ class _Worker:
         self.proc = None
 
     def equal(self, pred: str, truth: str, timeout: float) -> bool:
+        """Caller holds ``self.lock``."""
+        self.calls += 1
+        if (self.proc is None or self.proc.poll() is not None) and not self._start():
+            return False
+        try:
+            self.proc.stdin.write((json.dumps([pred, truth]) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+        except OSError:
+            self._kill()
+            return False
+        out = self._readline(timeout)
+        if out is None:  # ran past the limit (or died): kill, restart lazily
+            self.timeouts += 1
+            self._kill()
+            return False
+        return out == "1"
+
+
+class _Pool:
+    def __init__(self, size: int) -> None:
+        self.workers = [_Worker() for _ in range(size)]
+        self.lock = threading.Lock()
+        self.next = 0
+
+    def resize(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"symbolic_workers must be >= 1, got {size}")
         with self.lock:
-            self.calls += 1
-            if (self.proc is None or self.proc.poll() is not None) and not self._start():
-                return False
-            try:
-                self.proc.stdin.write((json.dumps([pred, truth]) + "\n").encode("utf-8"))
-                self.proc.stdin.flush()
-            except OSError:
-                self._kill()
-                return False
-            out = self._readline(timeout)
-            if out is None:  # ran past the limit (or died): kill, restart lazily
-                self.timeouts += 1
-                self._kill()
-                return False
-            return out == "1"
+            while len(self.workers) < size:
+                self.workers.append(_Worker())
+
+    def acquire(self) -> _Worker:
+        with self.lock:
+            workers = list(self.workers)
+            start = self.next
+            self.next = (self.next + 1) % len(workers)
+        for w in workers:  # an idle worker if there is one
+            if w.lock.acquire(blocking=False):
+                return w
+        w = workers[start]
+        w.lock.acquire()
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w._kill()
 
 
-_WORKER = _Worker()
-atexit.register(_WORKER._kill)
+_POOL = _Pool(2)
+atexit.register(_POOL.close)
+
+
+def set_symbolic_workers(n: int) -> None:
+    """Grow the pool of symbolic-check processes to ``n`` (never shrinks; started lazily)."""
+    _POOL.resize(int(n))
 
 
 def symbolic_equal(pred: str, truth: str, timeout: float = 5.0) -> bool:
     """mathruler ``grade_answer(pred, truth)`` or math-verify ``verify(truth, pred)``, bounded by
     ``timeout`` seconds of wall time; False on timeout or error. Thread-safe."""
-    return _WORKER.equal(pred, truth, timeout)
+    w = _POOL.acquire()
+    try:
+        return w.equal(pred, truth, timeout)
+    finally:
+        w.lock.release()
 
 
 def timeout_count() -> int:
     """How many symbolic checks in this process ran past their limit so far."""
-    return _WORKER.timeouts
+    return sum(w.timeouts for w in _POOL.workers)

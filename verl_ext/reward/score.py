@@ -17,6 +17,7 @@ import functools
 
 from verl_ext.reward.extract import extract_answer, has_format
 from verl_ext.reward.grading import grade, normalize_problem_type
+from verl_ext.reward.guard import set_symbolic_workers
 
 
 def overlong_penalty(response_length: int, max_response_length: int, buffer_length: int,
@@ -51,7 +52,7 @@ def compute_score(data_source=None, solution_str="", ground_truth="", extra_info
                   format_weight: float = 0.1, timeout: float = 5.0,
                   max_response_length: int | None = None, overlong_buffer: int = 3072,
                   overlong_factor: float = 0.1, length_tokenizer: str | None = None,
-                  **_unused) -> dict:
+                  symbolic_workers: int = 2, **_unused) -> dict:
     """Reward of one response.
 
     ``problem_type = extra_info["problem_type"]`` (default: ``multiple choice`` when
@@ -61,11 +62,15 @@ def compute_score(data_source=None, solution_str="", ground_truth="", extra_info
     score = ``(1 - format_weight) * acc + format_weight * format`` for math, ``acc`` otherwise;
     plus, for math when ``max_response_length`` is set, ``overlong_penalty(L, max_response_length,
     overlong_buffer, overlong_factor)`` with L the response length in tokens.
+    ``symbolic_workers`` sizes the pool of time-bounded symbolic-check processes; ``timeout`` is
+    the wall-time limit (seconds) of one symbolic check.
     Returns ``{"score", "acc", "format", "overlong_penalty", "answered"}``; never raises on the
     response text (a grading error counts as wrong).
     """
+    set_symbolic_workers(symbolic_workers)
     info = dict(extra_info or {})
-    options = list(info.get("options") or [])
+    opts = info.get("options")  # a list, or a numpy array after a round trip through verl's batch
+    options = [] if opts is None else [str(o) for o in list(opts)]
     ptype = info.get("problem_type")
     ptype = normalize_problem_type(ptype) if ptype else ("multiple choice" if options else "math")
     text = solution_str if isinstance(solution_str, str) else ""

@@ -1,0 +1,112 @@
+"""The generated set: answers re-derived from the rendered pixels (connected components, bar
+heights), independent of the generator's own bookkeeping; traces; determinism in the seed."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import deque
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_prep.build_parquet import build, parse_args
+from data_prep.converters.synthetic import COLOURS
+from verl_ext.reward import compute_score
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected components of a boolean mask, each as a boolean mask."""
+    seen = np.zeros_like(mask, dtype=bool)
+    out = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        comp = np.zeros_like(mask, dtype=bool)
+        q = deque([(y0, x0)])
+        seen[y0, x0] = True
+        while q:
+            y, x = q.popleft()
+            comp[y, x] = True
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    q.append((ny, nx))
+        out.append(comp)
+    return out
+
+
+def shape_of(comp: np.ndarray) -> str:
+    """Square fills its bounding box, a disc about pi/4 of it, a triangle about half."""
+    ys, xs = np.nonzero(comp)
+    fill = comp.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    return "square" if fill > 0.95 else "circle" if fill > 0.68 else "triangle"
+
+
+def pixels(im) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(im["bytes"])).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    summary = build(parse_args(["synthetic", "--out-dir", str(out), "--quiet"]))
+    assert [(s["split"], s["written"]) for s in summary] == [("train", 320), ("test", 64)]
+    return {s: pq.read_table(out / f"synthetic/{s}.parquet").to_pylist() for s in ("train", "test")}
+
+
+def test_answers_follow_from_the_pixels(rows):
+    checked = {"count": 0, "tallest": 0, "dots": 0}
+    for row in rows["train"] + rows["test"]:
+        info = row["extra_info"]
+        q, gt = info["question"], row["reward_model"]["ground_truth"]
+        for im in row["images"]:
+            side = Image.open(io.BytesIO(im["bytes"])).size
+            assert side[0] == side[1] and 56 <= side[0] <= 112
+        m = re.search(r"How many (\w+) (\w+)s are in the image", q)
+        if m:
+            colour, shape = m.groups()
+            arr = pixels(row["images"][0])
+            mask = np.all(arr == COLOURS[colour], axis=-1)
+            n = sum(shape_of(c) == shape for c in components(mask))
+            assert str(n) == gt, (info["id"], n, gt)
+            checked["count"] += 1
+        elif "Which bar is the tallest" in q:
+            arr = pixels(row["images"][0])
+            heights = [np.any(np.all(arr == COLOURS[re.match(r"the (\w+) bar", o).group(1)], axis=-1), axis=1).sum()
+                       for o in info["options"]]
+            assert gt == "ABCD"[int(np.argmax(heights))] and sorted(heights)[-1] > sorted(heights)[-2]
+            checked["tallest"] += 1
+        elif "Which image contains more dots" in q:
+            counts = [len(components(np.all(pixels(im) == 0, axis=-1))) for im in row["images"]]
+            assert gt == ("A" if counts[0] > counts[1] else "B") and counts[0] != counts[1]
+            checked["dots"] += 1
+    assert min(checked.values()) >= 10, checked
+
+
+def test_mix_of_types_and_reference_traces(rows):
+    train = rows["train"]
+    types = {r["extra_info"]["problem_type"] for r in train}
+    assert types == {"numerical", "math", "multiple choice"}
+    assert any(len(r["images"]) == 2 for r in train)
+    ids = [r["extra_info"]["id"] for r in train + rows["test"]]
+    assert len(set(ids)) == len(ids)
+    for r in train:
+        trace = r["extra_info"]["qwen3vl_235b_thinking_response"]
+        # the reference trace is a full-marks response under the reward function
+        out = compute_score("synthetic", trace, r["reward_model"]["ground_truth"], r["extra_info"])
+        assert out["score"] == 1.0 and out["format"] == 1.0, trace
+
+
+def test_train_and_test_differ_and_seed_changes_rows(tmp_path, rows):
+    train_q = {(r["extra_info"]["question"], r["images"][0]["bytes"]) for r in rows["train"]}
+    overlap = sum((r["extra_info"]["question"], r["images"][0]["bytes"]) in train_q for r in rows["test"])
+    assert overlap < len(rows["test"]) // 4
+    build(parse_args(["synthetic", "--out-dir", str(tmp_path), "--quiet", "--seed", "3",
+                      "--synthetic-train-size", "20", "--synthetic-test-size", "0"]))
+    other = pq.read_table(tmp_path / "synthetic/train.parquet").to_pylist()
+    assert [r["images"] for r in other] != [r["images"] for r in rows["train"][:20]]
+    assert pq.ParquetFile(tmp_path / "synthetic/test.parquet").metadata.num_rows == 0

@@ -26,7 +26,7 @@ EXPECTED = {
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     (d / "train").mkdir()
-    for split in ("train", "validation"):
+    for split in ("train", "val"):
         (d / "train" / f"{split}.parquet").write_bytes(b"")  # existence is all a dry run checks
     return d
 

@@ -49,6 +49,7 @@ MMMU_CASES = [
     ("I am not sure about this one.", "A", {"problem_type": MC, "options": OPT4}, False),  # no guess
     ("Not (A); it must be (B)", "B", {"problem_type": MC, "options": OPT4}, True),  # last bracketed letter
     ("<answer>b</answer>", "B", {"problem_type": MC, "options": OPT4}, True),  # lowercase lone letter
+    ("so the side must be 15 cm long", "B", {"problem_type": MC, "options": ["5 cm", "15 cm"]}, True),  # not "5 cm"
     ("A triangle has three sides, so the answer is D", "D", {"problem_type": MC, "options": OPT4}, True),  # article A
     ("\\boxed{3.1416}", "3.14", {"problem_type": "open", "options": []}, True),  # rounded to 2 decimals
     ("<answer>41</answer>", "42", {"problem_type": "open", "options": []}, False),

@@ -7,6 +7,16 @@ and groups the returned keys by ``data_source``: with ``acc`` present, the metri
     reward.custom_reward_function.path=pkg://verl_ext.eval.val_reward
     reward.custom_reward_function.name=compute_score
     data.val_files=[DIR/mmmu/validation.parquet,DIR/mathvista/testmini.parquet,...]
+    trainer.test_freq=10
+    actor_rollout_ref.rollout.val_kwargs.do_sample=True
+    actor_rollout_ref.rollout.val_kwargs.temperature=0.7
+    actor_rollout_ref.rollout.val_kwargs.top_p=0.8
+    actor_rollout_ref.rollout.val_kwargs.top_k=20
+    data.max_response_length=4096
+
+verl 0.9.1's validation sampling has no presence penalty setting (``val_kwargs`` holds temperature,
+top-k, top-p, do_sample and n), so in-training numbers follow the ``default`` protocol except for
+that penalty; the command-line evaluation applies it.
 
 Rows of other data sources (training data) go to ``fallback`` (verl's ``default_compute_score``
 unless replaced), so the same function can serve training and validation.

@@ -47,12 +47,9 @@ def test_other_data_sources_go_to_the_fallback(monkeypatch):
     from verl_ext.eval import val_reward
 
     calls = []
-    monkeypatch.setattr(val_reward, "fallback", lambda *a: calls.append(a) or 0.5)
-    assert val_reward.compute_score("mmfinereason", "x", "y", {}) == 0.5
-    assert calls == [("mmfinereason", "x", "y", {})]
-    # verl's own default scorer handles its known sources (geometry3k here)
-    monkeypatch.setattr(val_reward, "fallback", val_reward._default_fallback)
-    assert val_reward.compute_score("hiyouga/geometry3k", "<think>.</think>\\boxed{3}", "3", {}) > 0
+    monkeypatch.setattr(val_reward, "fallback", lambda *a, **k: calls.append((a, k)) or 0.5)
+    assert val_reward.compute_score("mmfinereason", "x", "y", {}, format_weight=0.1) == 0.5
+    assert calls == [(("mmfinereason", "x", "y", {}), {"format_weight": 0.1})]
 
 
 def test_verl_validation_metrics_are_per_benchmark_accuracy():

@@ -103,6 +103,7 @@ MATHVISTA_CASES = [
     ("<answer>[0.49, 1.21]</answer>", "[0.5, 1.2]", mv_free("list", 1.0), True),  # element-wise rounding
     ("<answer>[1, 2]</answer>", "[1, 2, 3]", mv_free("list"), False),  # length differs
     ("<answer>5 cm</answer>", "5", mv_free("integer", unit="cm"), True),
+    ("\\boxed{12 cm^2}", "12", mv_free("integer"), True),  # the unit's exponent is not the answer
     ("<answer>Blue.</answer>", "blue", mv_free("text"), True),
 ]
 

@@ -77,7 +77,7 @@ def to_number(s: Any) -> float | None:
     t = t.replace("^\\circ", "").replace("^{\\circ}", "").replace("°", "").replace("\\circ", "")
     t = t.replace("%", "").replace("\\", "").strip()
     t = re.sub(r"^[a-zA-Z]\s*=\s*", "", t)  # "x = 5"
-    t = re.sub(r"\s*[a-zA-Z][a-zA-Z ]*\.?$", "", t) if re.search(r"\d", t) else t  # units
+    t = re.sub(r"\s*[a-zA-Z][a-zA-Z ]*(\^\{?\d\}?)?\.?$", "", t) if re.search(r"\d", t) else t  # units, cm^2
     t = t.strip()
     if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", t):
         t = t.replace(",", "")

@@ -216,3 +216,24 @@ def test_shell_recipe_passes_arguments_through(tiny_model, data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(read_jsonl(tmp_path / "zerobench" / "samples.jsonl")) == 1
     assert "| **" in proc.stdout
+
+
+def test_presence_penalty_hits_generated_tokens_only():
+    import torch
+
+    from verl_ext.eval.backends import PresencePenalty
+
+    ids = torch.tensor([[1, 3, 2, 2, 4]])  # prompt = [1, 3], generated = [2, 2, 4]
+    out = PresencePenalty(1.5, prompt_len=2)(ids, torch.zeros(1, 6))
+    # token 2 twice and token 4 once: each -1.5 once (presence, not frequency); prompt tokens 1, 3 untouched
+    assert out.tolist() == [[0.0, 0.0, -1.5, 0.0, -1.5, 0.0]]
+
+
+def test_images_are_placed_where_the_placeholders_are():
+    from verl_ext.eval.backends import chat_messages
+    from verl_ext.eval.data import Sample
+
+    s = Sample("mmmu", "validation", "validation:1", 0, "<image>Compare <image> with the first.", [b"x", b"y"], "A")
+    (msg,) = chat_messages(s)
+    assert msg["content"] == [{"type": "image"}, {"type": "text", "text": "Compare "}, {"type": "image"},
+                              {"type": "text", "text": " with the first."}]

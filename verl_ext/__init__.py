@@ -1,10 +1,14 @@
 """rlsd-verl: RLSD (RLVR with Self-Distillation) and its baselines as plugins for stock verl.
 
 Importing this package registers the advantage estimators ``rlsd``, ``opsd``, ``sdpo`` and
-``grpo_opsd`` in verl's estimator registry. verl itself imports it through the ``verl.plugins``
+``grpo_opsd`` in verl's estimator registry and the ``self_distill`` trainer mode in verl's V1
+trainer registry. verl itself imports it through the ``verl.plugins``
 entry point (see :mod:`verl_ext.plugin`), so ``import verl`` is enough in every process.
 """
 
+# First: the CPU platform must be registered before anything resolves verl's platform.
+from verl_ext import cpu  # noqa: F401  (CPU platform; active only with VERL_PLATFORM=cpu)
 from verl_ext import algorithms  # noqa: F401  (registers the estimators)
+from verl_ext import trainer  # noqa: F401  (registers the self_distill trainer mode)
 
-__all__ = ["algorithms"]
+__all__ = ["algorithms", "cpu", "trainer"]

@@ -14,13 +14,18 @@ def check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...], expe
         )
 
 
-def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = None, row_offset: int = 0) -> None:
     """Raise naming the first offending rows if ``tensor`` holds NaN/inf where ``mask`` is true."""
+    # Fast path: one reduction; NaN/inf anywhere makes it non-finite (NaN * 0 is NaN too).
+    flat = tensor.detach().float().reshape(-1)
+    total = flat.sum() if mask is None else torch.dot(flat, mask.reshape(-1).to(flat.dtype))
+    if torch.isfinite(total):
+        return
     bad = ~torch.isfinite(tensor)
     if mask is not None:
         bad &= mask.bool()
     if bad.any():
-        rows = bad.reshape(bad.shape[0], -1).any(dim=-1).nonzero().flatten().tolist()
+        rows = (bad.reshape(bad.shape[0], -1).any(dim=-1).nonzero().flatten() + row_offset).tolist()
         shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
         raise ValueError(f"{name} contains NaN or inf at row index(es) {shown} ({len(rows)} row(s) in all)")
 

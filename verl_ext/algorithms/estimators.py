@@ -15,6 +15,8 @@ is ``delta_t`` itself, so every method is an advantage for the same PPO loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from verl_ext.algorithms.checks import check_finite, check_shape
@@ -42,23 +44,53 @@ def rlsd_lambda(step: int, init: float = 0.5, decay_steps: int = 50, warmup_step
     return float(max(0.0, init * (1.0 - (step - warmup_steps) / decay_steps)))
 
 
-def _check_token_inputs(response_mask: torch.Tensor, **token_tensors: torch.Tensor) -> torch.Tensor:
+# Row blocks of about this many elements (1 MiB of float32) keep the RLSD chain in cache.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _check_mask(response_mask: torch.Tensor) -> torch.Tensor:
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
-    mask = response_mask.bool()
-    for name, tensor in token_tensors.items():
-        check_shape(name, tensor, mask.shape, "response_mask")
-        check_finite(name, tensor, mask)
-    return mask
+    return response_mask.to(torch.float32)
 
 
-def _delta(teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
-    return (teacher_log_probs.detach() - old_log_probs.detach()).float()
+def _masked_delta(
+    teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, maskf: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """``delta = teacher - old`` as float32, finite everywhere, and its masked sum.
+
+    Non-finite values at valid positions raise (naming tensor and rows); at masked-out positions
+    they are never read and are set to 0.
+    """
+    check_shape("teacher_log_probs", teacher_log_probs, maskf.shape, "response_mask")
+    check_shape("old_log_probs", old_log_probs, maskf.shape, "response_mask")
+    delta = teacher_log_probs.detach().float() - old_log_probs.detach().float()
+    total = torch.dot(delta.reshape(-1), maskf.reshape(-1))  # one pass; NaN/inf anywhere shows here
+    if not torch.isfinite(total):
+        check_finite("teacher_log_probs", teacher_log_probs, maskf)
+        check_finite("old_log_probs", old_log_probs, maskf)
+        delta = delta.masked_fill_(maskf == 0, 0.0)
+        total = torch.dot(delta.reshape(-1), maskf.reshape(-1))
+    return delta, float(total)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    n = int(mask.sum())
-    return float(values[mask].float().mean()) if n else 0.0
+def _count(mask_f: torch.Tensor) -> int:
+    # mask_f holds 0/1, so its dot with itself counts the ones without a temporary.
+    return int(torch.dot(mask_f.reshape(-1), mask_f.reshape(-1)))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a.reshape(-1), b.reshape(-1)))
+
+
+def _mean(total: float, n: int) -> float:
+    return total / n if n else 0.0
+
+
+def _seq_adv(seq_advantages: torch.Tensor, maskf: torch.Tensor) -> torch.Tensor:
+    check_shape("seq_advantages", seq_advantages, maskf.shape[:1], "response_mask rows")
+    check_finite("seq_advantages", seq_advantages)
+    return seq_advantages.detach().float().unsqueeze(-1)
 
 
 def rlsd_advantages(
@@ -100,36 +132,59 @@ def rlsd_advantages(
         raise ValueError(f"rlsd_advantages: lam must lie in [0, 1], got {lam}")
     if not 0.0 <= clip_eps < 1.0:
         raise ValueError(f"rlsd_advantages: clip_eps must lie in [0, 1), got {clip_eps}")
-    mask = _check_token_inputs(response_mask, teacher_log_probs=teacher_log_probs, old_log_probs=old_log_probs)
-    check_shape("seq_advantages", seq_advantages, mask.shape[:1], "response_mask rows")
-    check_finite("seq_advantages", seq_advantages)
-
-    adv = seq_advantages.detach().float().unsqueeze(-1)  # [B, 1]
-    reweight = mask
+    maskf = _check_mask(response_mask)
+    adv = _seq_adv(seq_advantages, maskf)  # [B, 1]
+    check_shape("teacher_log_probs", teacher_log_probs, maskf.shape, "response_mask")
+    check_shape("old_log_probs", old_log_probs, maskf.shape, "response_mask")
+    # the reweighted tokens as a 0/1 float mask; the plain case reuses the response mask
+    rwf = maskf
     if reweight_mask is not None:
-        check_shape("reweight_mask", reweight_mask, mask.shape, "response_mask")
-        reweight = reweight & reweight_mask.bool()
+        check_shape("reweight_mask", reweight_mask, maskf.shape, "response_mask")
+        rwf = rwf * reweight_mask.to(torch.float32)
     if negative_only:
-        reweight = reweight & (adv < 0)
+        rwf = rwf * (adv < 0).to(torch.float32)
 
-    delta = _delta(teacher_log_probs, old_log_probs)
-    weight = torch.exp(torch.sign(adv) * delta)
-    clipped = weight.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    factor = clipped.mul(lam).add_(1.0 - lam)
-    token_adv = torch.where(reweight, adv * factor, adv.expand_as(factor))
-    token_adv = token_adv.masked_fill_(~mask, 0.0)
-
-    n = int(reweight.sum())
-    low = int((reweight & (weight < 1.0 - clip_eps)).sum())
-    high = int((reweight & (weight > 1.0 + clip_eps)).sum())
+    token_adv = torch.empty(maskf.shape, dtype=torch.float32)
+    sums = torch.zeros(5, dtype=torch.float64)  # delta, clipped w, count, high - low, high + low
+    sign = torch.sign(adv)
+    log_lo, log_hi = math.log(1.0 - clip_eps), math.log(1.0 + clip_eps)
+    # A memory-bound chain of ~15 element-wise steps: run it on row blocks that stay in cache.
+    rows = max(1, _CHUNK_ELEMENTS // max(maskf.shape[1], 1))
+    scratch = torch.empty(min(rows, maskf.shape[0]) * maskf.shape[1], dtype=torch.float32)
+    for r0 in range(0, maskf.shape[0], rows):
+        r = slice(r0, r0 + rows)
+        m, rw, out = maskf[r], rwf[r], token_adv[r]
+        delta = torch.sub(teacher_log_probs[r].detach().float(), old_log_probs[r].detach().float(), out=out)
+        if not torch.isfinite(delta.sum()):  # NaN/inf anywhere in the block shows here
+            check_finite("teacher_log_probs", teacher_log_probs[r], m, row_offset=r0)
+            check_finite("old_log_probs", old_log_probs[r], m, row_offset=r0)
+            delta.masked_fill_(m == 0, 0.0)  # non-finite only where never read
+        sums[0] += delta.mul_(rw).sum()
+        count = rw.sum()
+        sums[2] += count
+        # log w_t = sign(A_i) * delta_t, set to 0 (w = 1: never clipped, factor exactly 1)
+        # outside the reweighted tokens; clip(w) = exp(clamp(log w)).
+        log_w = delta.mul_(sign[r])
+        log_clipped = torch.clamp(log_w, log_lo, log_hi, out=scratch[: log_w.numel()].view_as(log_w))
+        side = log_w.sub_(log_clipped).sign_()  # -1 clipped low, +1 clipped high, 0 inside
+        sums[3] += side.sum()
+        sums[4] += side.abs_().sum()
+        clipped = log_clipped.exp_()
+        sums[1] += clipped.sum() - (clipped.numel() - count)  # w is exactly 1 off the reweighted tokens
+        # A_i * ((1 - lam) + lam * clip(w)) == A_i + (A_i * lam) * (clip(w) - 1)
+        torch.mul(clipped.sub_(1.0).mul_(adv[r] * lam).add_(adv[r]), m, out=out)
+    high = int(round(float(sums[4] + sums[3]) / 2))
+    low = int(round(float(sums[4] - sums[3]) / 2))
+    n = int(sums[2])
+    weight_mean = _mean(float(sums[1]), n)
     metrics = {
-        "weight_clip_low_frac": low / n if n else 0.0,
-        "weight_clip_high_frac": high / n if n else 0.0,
-        "weight_clip_frac": (low + high) / n if n else 0.0,
-        "delta_mean": _masked_mean(delta, reweight),
-        "weight_mean": _masked_mean(clipped, reweight),
-        "factor_mean": _masked_mean(factor, reweight),
-        "reweighted_token_frac": n / max(int(mask.sum()), 1),
+        "weight_clip_low_frac": _mean(low, n),
+        "weight_clip_high_frac": _mean(high, n),
+        "weight_clip_frac": _mean(low + high, n),
+        "delta_mean": _mean(float(sums[0]), n),
+        "weight_mean": weight_mean,
+        "factor_mean": 1.0 + lam * (weight_mean - 1.0) if n else 0.0,
+        "reweighted_token_frac": _mean(n, _count(maskf)),
         "lambda": float(lam),
     }
     return token_adv, metrics
@@ -151,18 +206,18 @@ def opsd_advantages(
     Returns ``[B, T]`` token advantages (0 where masked or invalid) and metrics ``delta_mean``,
     ``delta_abs_mean``, ``teacher_valid_frac``.
     """
-    mask = response_mask.bool()
+    maskf = _check_mask(response_mask)
     if teacher_valid is not None:
-        check_shape("teacher_valid", teacher_valid, mask.shape[:1], "response_mask rows")
-        mask = mask & teacher_valid.bool().unsqueeze(-1)
-    _check_token_inputs(mask, teacher_log_probs=teacher_log_probs, old_log_probs=old_log_probs)
-    delta = _delta(teacher_log_probs, old_log_probs)
-    token_adv = delta.masked_fill(~mask, 0.0)
-    rows = mask.shape[0]
+        check_shape("teacher_valid", teacher_valid, maskf.shape[:1], "response_mask rows")
+        maskf = maskf * teacher_valid.to(torch.float32).unsqueeze(-1)
+    delta, delta_sum = _masked_delta(teacher_log_probs, old_log_probs, maskf)
+    n = _count(maskf)
+    abs_sum = _dot(delta.abs(), maskf)
+    token_adv = delta.mul_(maskf)
     metrics = {
-        "delta_mean": _masked_mean(delta, mask),
-        "delta_abs_mean": _masked_mean(delta.abs(), mask),
-        "teacher_valid_frac": float(teacher_valid.float().mean()) if teacher_valid is not None and rows else 1.0,
+        "delta_mean": _mean(delta_sum, n),
+        "delta_abs_mean": _mean(abs_sum, n),
+        "teacher_valid_frac": float(teacher_valid.float().mean()) if teacher_valid is not None and len(teacher_valid) else 1.0,
     }
     return token_adv, metrics
 
@@ -195,9 +250,10 @@ def grpo_opsd_advantages(
     """
     if beta < 0:
         raise ValueError(f"grpo_opsd_advantages: beta must be >= 0, got {beta}")
-    mask = _check_token_inputs(response_mask, teacher_log_probs=teacher_log_probs, old_log_probs=old_log_probs)
-    check_shape("seq_advantages", seq_advantages, mask.shape[:1], "response_mask rows")
-    check_finite("seq_advantages", seq_advantages)
-    delta = _delta(teacher_log_probs, old_log_probs)
-    token_adv = (seq_advantages.detach().float().unsqueeze(-1) + beta * delta).masked_fill_(~mask, 0.0)
-    return token_adv, {"delta_mean": _masked_mean(delta, mask), "beta": float(beta)}
+    maskf = _check_mask(response_mask)
+    adv = _seq_adv(seq_advantages, maskf)
+    delta, delta_sum = _masked_delta(teacher_log_probs, old_log_probs, maskf)
+    n = _count(maskf)
+    token_adv = delta.mul_(beta).add_(adv).mul_(maskf)
+    metrics = {"delta_mean": _mean(delta_sum, n), "beta": float(beta)}
+    return token_adv, metrics

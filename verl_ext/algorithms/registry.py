@@ -73,22 +73,23 @@ def grpo_sequence_advantages(
     if response_mask.dim() != 2:
         raise ValueError(f"response_mask must be [B, T], got shape {tuple(response_mask.shape)}")
     check_shape("token_level_rewards", token_level_rewards, response_mask.shape, "response_mask")
-    check_finite("token_level_rewards", token_level_rewards)
     _require("index", estimator, index)
     if len(index) != response_mask.shape[0]:
         raise ValueError(f"shape mismatch: index has length {len(index)} but response_mask has shape {tuple(response_mask.shape)}")
     norm = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
-    token_adv, _ = core_algos.compute_grpo_outcome_advantage(
-        token_level_rewards=token_level_rewards,
-        response_mask=response_mask,
+    # verl's GRPO sums each row's token rewards and broadcasts A_i over the mask; handing it the
+    # [B, 1] row sums gives the same A_i without a [B, T] pass.
+    scores = token_level_rewards.detach().sum(dim=-1, keepdim=True)
+    check_finite("token_level_rewards", scores)  # a NaN/inf token makes its row sum non-finite
+    seq_adv, _ = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=scores,
+        response_mask=torch.ones_like(scores),
         index=index,
         epsilon=1e-6,
         norm_adv_by_std_in_grpo=norm,
         config=config,
     )
-    # verl broadcasts A_i over valid tokens; read it back at each row's first valid token.
-    first = response_mask.bool().float().argmax(dim=-1, keepdim=True)
-    return token_adv.gather(1, first).squeeze(-1)
+    return seq_adv.squeeze(-1)
 
 
 def _log(metrics: dict | None, prefix: str, values: dict[str, float]) -> None:

@@ -1,0 +1,315 @@
+"""A transformers-``generate`` rollout server for verl's agent loop, for machines without vLLM/SGLang.
+
+Three pieces, as verl's vLLM rollout has them:
+
+- :class:`HFRolloutServer`, a Ray actor holding its own copy of the policy; ``generate`` is
+  token-in/token-out (prompt ids plus PIL images for Qwen-VL) and returns the sampled ids with
+  their log-probs under the unprocessed logits, ``log softmax(z_t)[y_t]``.
+- :class:`HFReplica`, the :class:`~verl.workers.rollout.replica.RolloutReplica` that starts one
+  server per replica next to its trainer workers; registered as rollout name ``hf``.
+- :class:`HFServerAdapter`, the rollout object inside each trainer worker; verl's ``naive``
+  checkpoint engine hands it the actor's full tensors after every update and it ships them to the
+  server through Ray's object store.
+
+Requests are served one at a time (the server is a second model copy on the same cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Generator, Optional
+
+import ray
+import torch
+
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_NAME = "hf"
+SERVER_PREFIX = "hf_rollout_server_"
+
+
+def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -> str:
+    return f"{SERVER_PREFIX}{replica_rank}_{node_rank}{suffix}"
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator=None) -> torch.Tensor:
+    """Sample one token per row from ``logits`` (B, V): greedy at temperature 0, else top-k/top-p sampling."""
+    if temperature is None or temperature <= 0:
+        return logits.argmax(dim=-1)
+    scores = logits / temperature
+    if top_k is not None and 0 < top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cum - sorted_scores.softmax(-1) > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+    probs = scores.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class HFRolloutServer:
+    """Ray actor: a transformers model answering verl's ``generate`` calls (see module docstring)."""
+
+    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: Optional[int] = None):
+        from transformers import AutoConfig, AutoProcessor
+
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers.config import HFModelConfig
+
+        self.config = omega_conf_to_dataclass(config)
+        self.model_config = model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        config = self.config
+        self.replica_rank = replica_rank
+        self.global_steps = None
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        path = model_config.local_path
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
+        self.is_vl = hasattr(hf_config, "vision_config")
+        if self.is_vl:
+            from transformers import AutoModelForImageTextToText as auto_cls
+        else:
+            from transformers import AutoModelForCausalLM as auto_cls
+        self.model = auto_cls.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=model_config.trust_remote_code
+        ).eval()
+        self.processor = AutoProcessor.from_pretrained(path) if self.is_vl else None
+        self.image_token_id = getattr(hf_config, "image_token_id", None)
+        self.eos_ids = self._eos_ids(hf_config)
+        self.max_model_len = config.max_model_len or (config.prompt_length + config.response_length)
+        self._lock = asyncio.Lock()
+
+    def _eos_ids(self, hf_config) -> set[int]:
+        ids = set()
+        for source in (getattr(self.model, "generation_config", None), hf_config, getattr(hf_config, "text_config", None)):
+            eos = getattr(source, "eos_token_id", None) if source is not None else None
+            if eos is None:
+                continue
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        return ids
+
+    def _vision_inputs(self, prompt_ids: torch.Tensor, image_data) -> dict[str, torch.Tensor]:
+        if not image_data:
+            return {}
+        image_inputs = self.processor.image_processor(images=list(image_data), return_tensors="pt")
+        n_pad = int((prompt_ids == self.image_token_id).sum())
+        merge = self.processor.image_processor.merge_size ** 2
+        expected = int(image_inputs["image_grid_thw"].prod(-1).sum()) // merge
+        if n_pad != expected:
+            raise ValueError(f"prompt has {n_pad} image tokens but its {len(image_data)} images need {expected}")
+        return {
+            "pixel_values": image_inputs["pixel_values"],
+            "image_grid_thw": image_inputs["image_grid_thw"],
+            "mm_token_type_ids": (prompt_ids == self.image_token_id).long(),
+        }
+
+    @torch.no_grad()
+    def _generate(self, prompt_ids: list[int], sampling_params: dict[str, Any], image_data) -> TokenOutput:
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        max_new = min(self.config.response_length, self.max_model_len - ids.shape[1])
+        if sampling_params.get("max_tokens") is not None:
+            max_new = min(max_new, int(sampling_params["max_tokens"]))
+        if max_new < 1:
+            raise ValueError(f"prompt of {ids.shape[1]} tokens leaves no room within max_model_len={self.max_model_len}")
+        temperature = sampling_params.get("temperature", 1.0)
+        top_p = sampling_params.get("top_p", 1.0)
+        top_k = sampling_params.get("top_k", -1)
+        kwargs = self._vision_inputs(ids, image_data) if self.is_vl else {}
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs)
+        past, rope_deltas = out.past_key_values, getattr(out, "rope_deltas", None)
+        logits = out.logits[:, -1, :].float()
+        tokens, log_probs = [], []
+        attn = torch.ones_like(ids)
+        for step in range(max_new):
+            token = sample_next_token(logits, temperature, top_p, top_k)
+            log_probs.append(float(torch.log_softmax(logits, -1)[0, token]))
+            tokens.append(int(token))
+            if int(token) in self.eos_ids or step == max_new - 1:
+                break
+            attn = torch.cat([attn, attn.new_ones(1, 1)], dim=1)
+            step_kwargs = {}
+            if self.is_vl:
+                # Decoding positions follow the prompt's M-RoPE offset (rope_deltas) for all three rows.
+                pos = attn.shape[1] - 1 + (rope_deltas if rope_deltas is not None else 0)
+                step_kwargs["position_ids"] = torch.as_tensor(pos).view(1, 1, 1).expand(3, 1, 1)
+            out = self.model(
+                input_ids=token.view(1, 1),
+                attention_mask=attn,
+                past_key_values=past,
+                use_cache=True,
+                cache_position=torch.tensor([attn.shape[1] - 1]),
+                **step_kwargs,
+            )
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+        extra = {"global_steps": self.global_steps}
+        want_lp = sampling_params.get("logprobs")
+        return TokenOutput(
+            token_ids=tokens,
+            log_probs=log_probs if want_lp is not None and want_lp is not False else None,
+            stop_reason="completed",
+            num_preempted=0,
+            extra_fields=extra,
+        )
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: Optional[list[Any]] = None,
+        video_data: Optional[list[Any]] = None,
+        audio_data: Optional[list[Any]] = None,
+        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        priority: int = 0,
+        **kwargs,
+    ) -> TokenOutput:
+        if video_data or audio_data:
+            raise NotImplementedError("the transformers rollout server takes text and images only")
+        async with self._lock:
+            return await asyncio.to_thread(self._generate, prompt_ids, sampling_params, image_data)
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None):
+        """Load full tensors named as in the HF checkpoint; unknown names are an error."""
+        async with self._lock:
+            own = self.model.state_dict()
+            unknown = sorted(set(state_dict) - set(own))
+            if unknown:
+                raise KeyError(f"rollout server got weights it does not have: {unknown[:5]} ({len(unknown)} in all)")
+            with torch.no_grad():
+                for name, tensor in state_dict.items():
+                    own[name].copy_(tensor.to(own[name].dtype))
+            if global_steps is not None:
+                self.global_steps = global_steps
+        return len(state_dict)
+
+    async def set_global_steps(self, global_steps: int):
+        self.global_steps = global_steps
+
+    def get_server_address(self):
+        return ray.util.get_node_ip_address(), 0
+
+    # Lifecycle calls verl makes on every server; nothing to free on the host.
+    async def wake_up(self, tags: Optional[list[str]] = None):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def abort_all_requests(self, reject_request: bool = False, **kwargs) -> dict[str, Any]:
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self):
+        return None
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+class HFReplica(RolloutReplica):
+    """One :class:`HFRolloutServer` per replica, on the node of its (hybrid) trainer workers."""
+
+    async def launch_servers(self):
+        assert self.world_size == 1 and self.nnodes == 1, "the transformers rollout runs unsharded (tp=dp=pp=1)"
+        node_id = None
+        if self.workers:
+            node_id = await self.workers[0].__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+        if self.is_reward_model:
+            suffix = f"reward{self.name_suffix}"
+        elif self.is_teacher_model:
+            suffix = f"teacher{self.name_suffix}"
+        else:
+            suffix = self.name_suffix
+        options = {"name": server_actor_name(self.replica_rank, 0, suffix), "max_concurrency": self.max_concurrency}
+        if node_id is not None:
+            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False
+            )
+        threads = int(os.environ.get("VERL_EXT_ROLLOUT_THREADS", "0")) or None
+        server = (
+            ray.remote(HFRolloutServer)
+            .options(**options)
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, num_threads=threads)
+        )
+        self.servers = [server]
+        address, port = await server.get_server_address.remote()
+        self._server_handle = server
+        self._server_address = f"{address}:{port}"
+
+
+class HFServerAdapter(BaseRollout):
+    """Rollout object in the trainer worker: forwards weight updates to this replica's server."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", 0))
+        rollout_world_size = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
+        self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
+        self.rollout_rank = rank % rollout_world_size
+        self.server_handle = None
+
+    def _server(self):
+        if self.server_handle is None:
+            self.server_handle = ray.get_actor(server_actor_name(self.replica_rank))
+        return self.server_handle
+
+    async def resume(self, tags: list[str]):
+        return None
+
+    async def release(self):
+        return None
+
+    @torch.no_grad()
+    async def update_weights(
+        self,
+        weights: Generator[tuple[str, torch.Tensor], None, None],
+        wire_format: str = "named_tensors",
+        global_steps: Optional[int] = None,
+        **kwargs,
+    ):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"the transformers rollout takes full tensors, not {wire_format!r}")
+        state = {}
+        for name, tensor in weights:
+            if hasattr(tensor, "full_tensor"):  # DTensor
+                tensor = tensor.full_tensor()
+            state[name] = tensor.detach().to("cpu", copy=True)
+        if self.rollout_rank == 0:
+            await self._server().update_weights.remote(state, global_steps=global_steps)
+
+
+def register() -> None:
+    """Register rollout name ``hf``: the replica in verl's registry, the adapter in its adapter table.
+
+    verl 0.9.1 has no public function for the adapter table (``verl.workers.rollout.base._ROLLOUT_REGISTRY``,
+    keyed by ``(name, mode)`` and holding a dotted class path), so the entry is written directly.
+    """
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.HFServerAdapter"

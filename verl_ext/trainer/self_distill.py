@@ -1,0 +1,350 @@
+"""The ``self_distill`` trainer mode: verl's sync V1 trainer plus the teacher log-prob pass.
+
+Why a V1 trainer mode: verl 0.9.1's ``main_ppo`` picks the trainer class with
+``get_trainer_cls(config.trainer.v1.trainer_mode)``, so a class registered with
+``register_trainer("self_distill")`` is selected by one override and no task runner is copied.
+It subclasses ``PPOTrainerSync`` (the teacher is the policy's own network, so rollout and training
+stay colocated and synchronous). The base class branches on ``self.trainer_mode == "sync"`` in
+several places (replay buffer, exact refill, TransferQueue checkpointing, in-flight re-issue);
+:attr:`SelfDistillTrainer.trainer_mode` therefore reads ``"sync"`` while
+:attr:`registered_mode` keeps the name, so the mode behaves exactly as ``sync``.
+
+One step (differences from ``sync`` in bold): reward -> old log-probs -> **teacher sync**
+(frozen/ema) -> **teacher inputs** (:class:`verl_ext.privileged.PrivilegedPromptBuilder`: question +
+same images + hint + the same response tokens) -> **teacher log-probs** of the sampled tokens through
+verl's worker groups (``live``: the actor's ``compute_log_prob``; ``frozen``/``ema``: the ref
+model's ``compute_ref_log_prob``, the ref slot holding the teacher copy) -> advantage with
+``teacher_log_probs``, ``old_log_probs``, ``global_step`` (+ ``teacher_valid``, ``reweight_mask``)
+-> PPO update. For estimators outside ``TEACHER_ESTIMATORS`` (``grpo``) nothing is added.
+
+Teacher weights (``algorithm.teacher.mode``):
+- ``frozen``: the ref copy, re-synced from the policy at steps ``s`` with ``(s - 1) % sync_every == 0``
+  (s > 1), i.e. the teacher of step s is the policy of step ``1 + sync_every * floor((s - 1) / sync_every)``.
+- ``ema``: before each step s > 1, ``teacher <- (1 - ema_rate) teacher + ema_rate policy``.
+- ``live``: the current policy (no copy, no extra memory).
+Resuming: verl restores ``global_steps`` from the checkpoint folder, so lambda and the sync schedule
+continue; the teacher copy itself is not in verl's checkpoint and is re-synced from the restored
+policy at the first step after resuming (frozen: exact only when resuming on a sync step).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.protocol import DataProto
+from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+from verl.trainer.ppo.utils import Role, need_reference_policy
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.utils.padding import response_from_nested, response_to_nested
+
+from verl_ext.algorithms.registry import TEACHER_ESTIMATORS, TEACHER_TRAINER_MODE
+from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
+from verl_ext.trainer.schedule import TeacherSchedule
+from verl_ext.trainer.thought import thought_mask
+from verl_ext.trainer.worker import SelfDistillWorker
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+TEACHER_PARTITION = "self_distill_teacher"
+# Fields of a trajectory the teacher pass reads from TransferQueue.
+_STUDENT_FIELDS = [
+    "uid",
+    "prompts",
+    "responses",
+    "response_mask",
+    "multi_modal_inputs",
+    "raw_prompt",
+    "reward_model",
+    "extra_info",
+    "rm_scores",
+]
+
+
+def _rows(value: Any, n: int) -> list:
+    """Per-row python objects of a TensorDict entry (nested/dense tensor, NonTensorStack, list)."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, torch.Tensor):
+        return list(value.unbind(0))
+    if hasattr(value, "tolist"):
+        return list(value.tolist())
+    return list(value)
+
+
+def student_samples_from_tensordict(data: TensorDict, tags: list[dict]) -> list[StudentSample]:
+    """TransferQueue trajectories (verl's per-trajectory fields) -> :class:`StudentSample` rows."""
+    n = len(tags)
+    get = lambda k: data.get(k, None) if k in data.keys() else None  # noqa: E731
+    prompts, responses = _rows(get("prompts"), n), _rows(get("responses"), n)
+    mm, raw = _rows(get("multi_modal_inputs"), n), _rows(get("raw_prompt"), n)
+    reward_model, extra_info = _rows(get("reward_model"), n), _rows(get("extra_info"), n)
+    uids, scores = _rows(get("uid"), n), _rows(get("rm_scores"), n)
+    out = []
+    for i in range(n):
+        rm = reward_model[i] if isinstance(reward_model[i], dict) else {}
+        out.append(
+            StudentSample(
+                messages=list(raw[i]) if raw[i] is not None else [],
+                prompt_ids=prompts[i].tolist(),
+                response_ids=responses[i].tolist(),
+                multi_modal_inputs=mm[i] if isinstance(mm[i], dict) else None,
+                ground_truth=rm.get("ground_truth"),
+                extra_info=extra_info[i] if isinstance(extra_info[i], dict) else {},
+                uid=str(uids[i]) if uids[i] is not None else None,
+                score=float(scores[i].sum()) if isinstance(scores[i], torch.Tensor) else None,
+                is_padding=bool(tags[i].get("is_padding", False)),
+            )
+        )
+    return out
+
+
+@register_trainer(TEACHER_TRAINER_MODE)
+class SelfDistillTrainer(PPOTrainerSync):
+    """``trainer.v1.trainer_mode=self_distill``: the sync trainer with a privileged-teacher pass."""
+
+    # The base class sets ``self.trainer_mode`` in __init__ and compares it with "sync".
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        self.registered_mode = value
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.estimator = str(config.algorithm.adv_estimator)
+        self.teacher_enabled = self.estimator in TEACHER_ESTIMATORS
+        self.kl_needs_ref = need_reference_policy(config)
+        self.teacher_config: TeacherConfig | None = None
+        self.teacher_schedule: TeacherSchedule | None = None
+        if not self.teacher_enabled:
+            return
+        data = config.data
+        default_len = None
+        if data.get("max_prompt_length") is not None and data.get("max_response_length") is not None:
+            default_len = int(data.max_prompt_length) + int(data.max_response_length)
+        self.teacher_config = TeacherConfig.resolve(
+            config.algorithm.get("teacher", None), self.estimator, max_length=default_len, seed=data.get("seed", None)
+        )
+        self.teacher_schedule = TeacherSchedule(
+            self.teacher_config.mode, self.teacher_config.sync_every, self.teacher_config.ema_rate
+        )
+        if self.teacher_schedule.needs_copy:
+            self._check_ref_config(config)
+            self.use_reference_policy = True  # the ref slot holds the teacher copy
+        if int(self.parameter_sync_step) != 1:
+            raise ValueError("trainer mode self_distill runs one update per step (parameter_sync_step=1)")
+
+    @staticmethod
+    def _check_ref_config(config) -> None:
+        model = config.actor_rollout_ref.model
+        lora = (model.get("lora", {}) or {}).get("rank", 0) or model.get("lora_rank", 0)
+        if lora and int(lora) > 0 or model.get("lora_adapter_path") is not None:
+            raise ValueError(
+                "algorithm.teacher.mode=frozen/ema needs a separate teacher copy, but with LoRA verl's ref is the "
+                "adapter-less actor; use algorithm.teacher.mode=live"
+            )
+        ref = config.actor_rollout_ref.ref
+        if not ref.get("log_prob_use_dynamic_bsz", False) and ref.get("log_prob_micro_batch_size_per_gpu") is None:
+            raise ValueError(
+                "algorithm.teacher.mode=frozen/ema computes teacher log-probs on verl's ref model: set "
+                "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu (or log_prob_use_dynamic_bsz=true)"
+            )
+
+    # ------------------------------------------------------------------ setup
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        needs_copy = self.teacher_schedule is not None and self.teacher_schedule.needs_copy
+        if needs_copy and Role.ActorRollout in self.role_worker_mapping:
+            # verl builds the ref model only for the actor_rollout_ref role.
+            self.role_worker_mapping[Role.ActorRolloutRef] = self.role_worker_mapping.pop(Role.ActorRollout)
+            self.mapping[Role.ActorRolloutRef] = self.mapping.pop(Role.ActorRollout)
+        for role in list(self.role_worker_mapping):
+            if role in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor, Role.RefPolicy):
+                self.role_worker_mapping[role] = ray.remote(SelfDistillWorker)
+
+    def on_init_end(self):
+        super().on_init_end()
+        if self.teacher_schedule is not None:
+            self.teacher_schedule.on_start(self.global_steps)
+
+    # ------------------------------------------------------------------ step hooks
+    def on_step_begin(self):
+        super().on_step_begin()
+        self._teacher_step_metrics = {}
+        if self.teacher_schedule is None:
+            return
+        rate = self.teacher_schedule.rate_at(self.global_steps)
+        if rate is not None:
+            with marked_timer("teacher_sync", self.timing_raw, color="purple"):
+                self.ref_policy_wg.sync_teacher(rate=rate)
+        self._teacher_step_metrics["teacher/synced"] = float(rate == 1.0)
+        self._teacher_step_metrics["teacher/blend_rate"] = float(rate or 0.0)
+
+    def _compute_ref_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        # The ref slot may hold only the teacher; KL log-probs are computed when KL asks for them.
+        if self.kl_needs_ref:
+            return super()._compute_ref_log_prob(batch, metrics)
+        return batch
+
+    # ------------------------------------------------------------------ teacher pass
+    def _builder(self) -> PrivilegedPromptBuilder:
+        if getattr(self, "_teacher_builder", None) is None:
+            self._teacher_builder = PrivilegedPromptBuilder(self.tokenizer, self.processor, self.teacher_config)
+        return self._teacher_builder
+
+    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
+        for key in batch.keys:
+            if not key.endswith("_0"):
+                raise NotImplementedError(
+                    f"trajectory {key}: the teacher pass supports single-output agent loops only"
+                )
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_STUDENT_FIELDS)
+        samples = student_samples_from_tensordict(data, batch.tags)
+        response_masks = _rows(data["response_mask"], len(samples))
+        teacher, hints, build_metrics = self._builder().build(samples, step=self.global_steps)
+        metrics.update(build_metrics)
+
+        rows, tags = [], []
+        for t, mask in zip(teacher, response_masks):
+            rows.append(
+                {
+                    "prompts": t.prompt_ids,
+                    "responses": t.input_ids[t.prompt_ids.numel() :],
+                    "response_mask": mask,
+                    "loss_mask": mask,
+                    "input_ids": t.input_ids,
+                    "position_ids": t.position_ids,
+                    "multi_modal_inputs": t.multi_modal_inputs,
+                }
+            )
+            length = int(t.input_ids.numel())
+            tags.append({"status": "success", "prompt_len": int(t.prompt_ids.numel()), "response_len": length - int(t.prompt_ids.numel()), "seq_len": length})
+        keys = [f"{k}_teacher" for k in batch.keys]
+        tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
+        try:
+            meta = KVBatchMeta(
+                keys=keys,
+                tags=tags,
+                partition_id=TEACHER_PARTITION,
+                extra_info={
+                    "calculate_entropy": False,
+                    "compute_loss": False,
+                    "temperature": self.config.actor_rollout_ref.rollout.temperature,
+                },
+            )
+            if self.teacher_schedule.needs_copy:
+                output = self.ref_policy_wg.compute_ref_log_prob(meta)
+            else:
+                output = self.actor_rollout_wg.compute_log_prob(meta)
+            assert len(output) == len(keys)
+            out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
+            teacher_log_probs = response_from_nested(out["log_probs"], out["response_mask"])
+        finally:
+            tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
+        return teacher_log_probs, hints.valid, samples
+
+    # ------------------------------------------------------------------ advantage
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if not self.teacher_enabled:
+            return super()._compute_advantage(batch, metrics)
+
+        with marked_timer("teacher", self.timing_raw, color="purple"):
+            teacher_nested, teacher_valid, samples = self._compute_teacher_log_prob(batch, metrics)
+
+        fields = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        response_mask = data["response_mask"]
+        data = DataProto(batch=data.to_padded_tensor())
+        data.batch["token_level_scores"] = data.batch["rm_scores"]
+        data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+        bsz, width = data.batch["response_mask"].shape
+        teacher_log_probs = torch.nested.to_padded_tensor(teacher_nested, 0.0, output_size=(bsz, width))
+
+        if self.config.algorithm.use_kl_in_reward:
+            data, kl_metrics = apply_kl_penalty(
+                data, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=self.config.algorithm.kl_penalty
+            )
+            metrics.update(kl_metrics)
+        else:
+            data.batch["token_level_rewards"] = data.batch["token_level_scores"]
+
+        rollout_corr_config = self.config.algorithm.get("rollout_correction", None)
+        bypass = rollout_corr_config and rollout_corr_config.get("bypass_mode", False)
+        rollout_correction = rollout_corr_config is not None and "rollout_log_probs" in data.batch and not bypass
+        if rollout_correction:
+            data, is_metrics = compute_rollout_correction_and_add_to_batch(data, rollout_corr_config)
+            metrics.update(is_metrics)
+
+        mask = data.batch["response_mask"]
+        old_log_probs = data.batch["old_log_probs"]
+        kwargs: dict[str, Any] = {}
+        rlsd_opts = self.config.algorithm.get("rlsd", None) or {}
+        if self.estimator == "rlsd" and rlsd_opts.get("thought_only", False):
+            kwargs["reweight_mask"] = torch.stack(
+                [thought_mask(s.response_ids, self.tokenizer, width) for s in samples]
+            ).to(mask.dtype)
+        estimator_metrics: dict[str, float] = {}
+        adv_fn = core_algos.get_adv_estimator_fn(self.estimator)
+        advantages, returns = adv_fn(
+            token_level_rewards=data.batch["token_level_rewards"],
+            response_mask=mask,
+            index=data.non_tensor_batch["uid"],
+            config=self.config.algorithm,
+            teacher_log_probs=teacher_log_probs,
+            old_log_probs=old_log_probs,
+            global_step=int(self.global_steps),
+            teacher_valid=teacher_valid,
+            metrics=estimator_metrics,
+            **kwargs,
+        )
+        data.batch["advantages"], data.batch["returns"] = advantages, returns
+        metrics.update(estimator_metrics)
+        metrics.update(teacher_gap_metrics(teacher_log_probs, old_log_probs, mask, teacher_valid))
+        metrics.update(getattr(self, "_teacher_step_metrics", {}))
+
+        out_fields = ["advantages", "returns"]
+        if self.config.algorithm.use_kl_in_reward:
+            out_fields.append("token_level_rewards")
+        if rollout_correction:
+            out_fields.append("response_mask")
+            if "rollout_is_weights" in data.batch:
+                out_fields.append("rollout_is_weights")
+        output = TensorDict(
+            {f: response_to_nested(data.batch[f], response_mask) for f in out_fields}, batch_size=len(batch)
+        )
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+
+def teacher_gap_metrics(
+    teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor, valid: torch.Tensor
+) -> dict[str, float]:
+    """Mean over valid rows' response tokens of ``log pi_T - log pi_S`` and of ``log pi_T``."""
+    m = response_mask.bool() & valid.to(response_mask.device).bool().unsqueeze(-1)
+    n = int(m.sum())
+    if n == 0:
+        return {"teacher/logprob_gap_mean": 0.0, "teacher/log_prob_mean": 0.0}
+    gap = (teacher_log_probs - old_log_probs)[m]
+    return {
+        "teacher/logprob_gap_mean": float(gap.mean()),
+        "teacher/log_prob_mean": float(teacher_log_probs[m].mean()),
+    }
+
+
+__all__ = ["SelfDistillTrainer", "student_samples_from_tensordict", "teacher_gap_metrics"]

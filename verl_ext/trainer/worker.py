@@ -1,0 +1,71 @@
+"""verl's hybrid actor/rollout/ref worker plus one method: refresh the teacher copy from the policy.
+
+The frozen and EMA teachers live in verl's reference model slot (same architecture, same sharding,
+built by verl from the same checkpoint), so their log-probs come from verl's own
+``compute_ref_log_prob``. What verl lacks is a way to move weights from actor to ref;
+:meth:`SelfDistillWorker.sync_teacher` does it in place on each rank's local shards:
+
+    theta_ref <- (1 - rate) * theta_ref + rate * theta_actor      (rate = 1: a plain copy)
+"""
+
+from __future__ import annotations
+
+import torch
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The rank-local storage of a (possibly FSDP2/DTensor) parameter, as a view."""
+    from torch.distributed.tensor import DTensor
+
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def _engine_module(worker) -> torch.nn.Module:
+    module = getattr(worker.engine, "module", None)
+    if module is None:
+        raise RuntimeError(f"the {type(worker.engine).__name__} engine exposes no .module to copy weights from/to")
+    return module
+
+
+@torch.no_grad()
+def blend_parameters(target: torch.nn.Module, source: torch.nn.Module, rate: float) -> int:
+    """``target <- (1 - rate) target + rate source`` over matching parameters; returns how many.
+
+    Both modules must hold the same parameter names and local shard shapes (verl builds actor and
+    ref with the same engine config). Works across devices and dtypes (the source is cast).
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    src = dict(source.named_parameters())
+    tgt = dict(target.named_parameters())
+    if set(src) != set(tgt):
+        missing = sorted(set(src) ^ set(tgt))[:5]
+        raise RuntimeError(f"teacher and policy parameters differ, e.g. {missing}")
+    for name, t_param in tgt.items():
+        t_local, s_local = _local(t_param.data), _local(src[name].data)
+        if t_local.shape != s_local.shape:
+            raise RuntimeError(
+                f"parameter {name}: teacher shard {tuple(t_local.shape)} != policy shard {tuple(s_local.shape)}; "
+                "the ref model must be sharded like the actor"
+            )
+        s_local = s_local.to(device=t_local.device, dtype=t_local.dtype)
+        if rate == 1.0:
+            t_local.copy_(s_local)
+        else:
+            t_local.mul_(1.0 - rate).add_(s_local, alpha=rate)
+    return len(tgt)
+
+
+class SelfDistillWorker(ActorRolloutRefWorker):
+    """``ActorRolloutRefWorker`` + :meth:`sync_teacher`; everything else is verl's."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def sync_teacher(self, rate: float = 1.0) -> int:
+        if self.ref is None or self.actor is None:
+            raise RuntimeError("sync_teacher needs a worker holding both the actor and the ref (teacher) model")
+        actor_engine, ref_engine = self.actor.engine, self.ref.engine
+        # Offloaded parameters are moved back by the engines' own load/offload helpers.
+        with actor_engine.eval_mode(), ref_engine.eval_mode():
+            return blend_parameters(_engine_module(self.ref), _engine_module(self.actor), float(rate))

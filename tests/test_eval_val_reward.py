@@ -71,3 +71,12 @@ def test_verl_validation_metrics_are_per_benchmark_accuracy():
     assert metrics["val-core/mathvision/acc/mean@1"] == pytest.approx(2 / 3)
     assert metrics["val-core/zerobench/acc/mean@1"] == pytest.approx(0.5)
     assert metrics["val-core/wemath/acc/mean@1"] == pytest.approx(1.0)
+
+
+def test_training_rows_get_the_training_reward():
+    from verl_ext.eval.val_reward import compute_score
+
+    info = {"problem_type": "multiple choice", "options": ["1", "2", "3"]}
+    right = compute_score("mmfinereason", "<thought>2 fits</thought><answer>B</answer>", "B", dict(info))
+    wrong = compute_score("mmfinereason", "<thought>no</thought><answer>C</answer>", "B", dict(info))
+    assert right["acc"] == 1 and wrong["acc"] == 0  # graded by the training reward, not by a benchmark scorer

@@ -141,59 +141,42 @@ def compute_rlsd_advantage(
     return adv, adv
 
 
-def _distill(
-    estimator: str,
-    fn,
-    config: Any,
-    response_mask: torch.Tensor,
-    teacher_log_probs: torch.Tensor | None,
-    old_log_probs: torch.Tensor | None,
-    teacher_valid: torch.Tensor | None,
-    metrics: dict | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    section(config, estimator, {})  # no knobs of its own: any option given is a mistake
-    adv, values = fn(
-        _require("teacher_log_probs", estimator, teacher_log_probs),
-        _require("old_log_probs", estimator, old_log_probs),
-        response_mask,
-        teacher_valid,
-    )
-    _log(metrics, estimator, values)
-    return adv, adv
+def _register_distill(estimator: str, fn, doc: str):
+    """Register a pure distillation estimator (``delta_t``-based, no knobs) under ``estimator``."""
+
+    def compute(
+        token_level_rewards: torch.Tensor,
+        response_mask: torch.Tensor,
+        index: np.ndarray | None = None,
+        config: Any = None,
+        teacher_log_probs: torch.Tensor | None = None,
+        old_log_probs: torch.Tensor | None = None,
+        global_step: int | None = None,
+        teacher_valid: torch.Tensor | None = None,
+        metrics: dict | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        section(config, estimator, {})  # no knobs of its own: any option given is a mistake
+        adv, values = fn(
+            _require("teacher_log_probs", estimator, teacher_log_probs),
+            _require("old_log_probs", estimator, old_log_probs),
+            response_mask,
+            teacher_valid,
+        )
+        _log(metrics, estimator, values)
+        return adv, adv
+
+    compute.__name__ = compute.__qualname__ = f"compute_{estimator}_advantage"
+    compute.__doc__ = doc
+    return core_algos.register_adv_est(estimator)(compute)
 
 
-@core_algos.register_adv_est("opsd")
-def compute_opsd_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray | None = None,
-    config: Any = None,
-    teacher_log_probs: torch.Tensor | None = None,
-    old_log_probs: torch.Tensor | None = None,
-    global_step: int | None = None,
-    teacher_valid: torch.Tensor | None = None,
-    metrics: dict | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """OPSD: ``delta_t`` with a teacher that saw a verified reference trace. ``[B, T]`` in and out."""
-    return _distill("opsd", opsd_advantages, config, response_mask, teacher_log_probs, old_log_probs, teacher_valid, metrics)
-
-
-@core_algos.register_adv_est("sdpo")
-def compute_sdpo_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray | None = None,
-    config: Any = None,
-    teacher_log_probs: torch.Tensor | None = None,
-    old_log_probs: torch.Tensor | None = None,
-    global_step: int | None = None,
-    teacher_valid: torch.Tensor | None = None,
-    metrics: dict | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDPO: ``delta_t`` with a teacher that saw a successful sibling; rows with none get 0."""
-    return _distill("sdpo", sdpo_advantages, config, response_mask, teacher_log_probs, old_log_probs, teacher_valid, metrics)
+compute_opsd_advantage = _register_distill(
+    "opsd", opsd_advantages, "OPSD: ``delta_t`` with a teacher that saw a verified reference trace. ``[B, T]`` in and out."
+)
+compute_sdpo_advantage = _register_distill(
+    "sdpo", sdpo_advantages, "SDPO: ``delta_t`` with a teacher that saw a successful sibling; rows with none get 0."
+)
 
 
 @core_algos.register_adv_est("grpo_opsd")

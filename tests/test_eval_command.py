@@ -236,3 +236,22 @@ def test_images_are_placed_where_the_placeholders_are():
     (msg,) = chat_messages(s)
     assert msg["content"] == [{"type": "image"}, {"type": "text", "text": "Compare "}, {"type": "image"},
                               {"type": "text", "text": " with the first."}]
+
+
+def test_stored_responses_are_rescored_with_the_current_scorer(tiny_model, data_dir, tmp_path):
+    args = ["--model", str(tiny_model), "--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--benchmarks", "zerobench", *FAST]
+    main(args)
+    f = tmp_path / "zerobench" / "samples.jsonl"
+    recs = read_jsonl(f)
+    # pretend an older scorer produced these lines: a right answer marked wrong, a wrong one marked right
+    recs[0].update(response="<answer>12</answer>", correct=False)  # gold of the first row is 12
+    recs[1].update(correct=True)  # random text, gold "red"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    redone = []
+    main(args, on_record=lambda r: redone.append(r))
+    assert redone == []  # nothing regenerated
+    after = read_jsonl(f)
+    assert [r["correct"] for r in after] == [True, False, after[2]["correct"]]
+    res = json.loads((tmp_path / "zerobench" / "results.json").read_text())
+    assert res["rescored_samples"] == 2
+    assert res["metrics"]["accuracy_subquestions"] == 50.0  # 1 of 2 sub-questions

@@ -57,31 +57,27 @@ def verl_checkpoint(tmp_path_factory):
     return model, step
 
 
-def test_fsdp_checkpoint_is_merged_with_verls_merger(verl_checkpoint, tmp_path):
+@pytest.mark.e2e
+def test_command_merges_and_evaluates_a_verl_checkpoint(verl_checkpoint, tmp_path):
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from test_eval_command import FAST, make_fixtures
+
     model, step = verl_checkpoint
     assert resolve_model(str(model), tmp_path / "unused") == str(model)  # an HF dir is used as is
-    merged = resolve_model(str(step), tmp_path / "merged")
-    assert merged == str(tmp_path / "merged")
+    make_fixtures(tmp_path / "data")
+    main(["--model", str(step), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
+          "--benchmarks", "mathvista", "--limit", "1", *FAST])
+    res = json.loads((tmp_path / "out" / "mathvista" / "results.json").read_text())
+    assert res["model"] == str(step) and res["metrics"]["n"] == 1
+    merged = tmp_path / "out" / "merged_model"
     a = AutoModelForImageTextToText.from_pretrained(model).state_dict()
     b = AutoModelForImageTextToText.from_pretrained(merged).state_dict()
     assert a.keys() == b.keys()
     for k in a:  # verl's merger stores bfloat16
         assert torch.equal(a[k].to(torch.bfloat16), b[k].to(torch.bfloat16)), k
-
-
-def test_command_evaluates_a_verl_checkpoint(verl_checkpoint, tmp_path):
-    from test_eval_command import FAST, make_fixtures
-
-    _, step = verl_checkpoint
-    make_fixtures(tmp_path / "data")
-    main(["--model", str(step), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
-          "--benchmarks", "mathvista", "--limit", "1", *FAST])
-    assert (tmp_path / "out" / "merged_model" / "model.safetensors").is_file()
-    res = json.loads((tmp_path / "out" / "mathvista" / "results.json").read_text())
-    assert res["model"] == str(step) and res["metrics"]["n"] == 1
+    assert resolve_model(str(step), merged) == str(merged)  # merged once, reused on resume
 
 
 def test_unknown_model_dir_is_a_clear_error(tmp_path):

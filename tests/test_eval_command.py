@@ -196,7 +196,6 @@ def test_bad_row_names_file_row_and_field(tiny_model, tmp_path):
 
 
 def test_vllm_backend_fails_clearly_without_vllm(tiny_model, data_dir, tmp_path):
-    pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
 
@@ -216,3 +215,43 @@ def test_shell_recipe_passes_arguments_through(tiny_model, data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(read_jsonl(tmp_path / "zerobench" / "samples.jsonl")) == 1
     assert "| **" in proc.stdout
+
+
+def test_presence_penalty_hits_generated_tokens_only():
+    import torch
+
+    from verl_ext.eval.backends import PresencePenalty
+
+    ids = torch.tensor([[1, 3, 2, 2, 4]])  # prompt = [1, 3], generated = [2, 2, 4]
+    out = PresencePenalty(1.5, prompt_len=2)(ids, torch.zeros(1, 6))
+    # token 2 twice and token 4 once: each -1.5 once (presence, not frequency); prompt tokens 1, 3 untouched
+    assert out.tolist() == [[0.0, 0.0, -1.5, 0.0, -1.5, 0.0]]
+
+
+def test_images_are_placed_where_the_placeholders_are():
+    from verl_ext.eval.backends import chat_messages
+    from verl_ext.eval.data import Sample
+
+    s = Sample("mmmu", "validation", "validation:1", 0, "<image>Compare <image> with the first.", [b"x", b"y"], "A")
+    (msg,) = chat_messages(s)
+    assert msg["content"] == [{"type": "image"}, {"type": "text", "text": "Compare "}, {"type": "image"},
+                              {"type": "text", "text": " with the first."}]
+
+
+def test_stored_responses_are_rescored_with_the_current_scorer(tiny_model, data_dir, tmp_path):
+    args = ["--model", str(tiny_model), "--data-dir", str(data_dir), "--out-dir", str(tmp_path), "--benchmarks", "zerobench", *FAST]
+    main(args)
+    f = tmp_path / "zerobench" / "samples.jsonl"
+    recs = read_jsonl(f)
+    # pretend an older scorer produced these lines: a right answer marked wrong, a wrong one marked right
+    recs[0].update(response="<answer>12</answer>", correct=False)  # gold of the first row is 12
+    recs[1].update(correct=True)  # random text, gold "red"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    redone = []
+    main(args, on_record=lambda r: redone.append(r))
+    assert redone == []  # nothing regenerated
+    after = read_jsonl(f)
+    assert [r["correct"] for r in after] == [True, False, after[2]["correct"]]
+    res = json.loads((tmp_path / "zerobench" / "results.json").read_text())
+    assert res["rescored_samples"] == 2
+    assert res["metrics"]["accuracy_subquestions"] == 50.0  # 1 of 2 sub-questions

@@ -49,6 +49,7 @@ MMMU_CASES = [
     ("I am not sure about this one.", "A", {"problem_type": MC, "options": OPT4}, False),  # no guess
     ("Not (A); it must be (B)", "B", {"problem_type": MC, "options": OPT4}, True),  # last bracketed letter
     ("<answer>b</answer>", "B", {"problem_type": MC, "options": OPT4}, True),  # lowercase lone letter
+    ("so the side must be 15 cm long", "B", {"problem_type": MC, "options": ["5 cm", "15 cm"]}, True),  # not "5 cm"
     ("A triangle has three sides, so the answer is D", "D", {"problem_type": MC, "options": OPT4}, True),  # article A
     ("\\boxed{3.1416}", "3.14", {"problem_type": "open", "options": []}, True),  # rounded to 2 decimals
     ("<answer>41</answer>", "42", {"problem_type": "open", "options": []}, False),
@@ -102,6 +103,7 @@ MATHVISTA_CASES = [
     ("<answer>[0.49, 1.21]</answer>", "[0.5, 1.2]", mv_free("list", 1.0), True),  # element-wise rounding
     ("<answer>[1, 2]</answer>", "[1, 2, 3]", mv_free("list"), False),  # length differs
     ("<answer>5 cm</answer>", "5", mv_free("integer", unit="cm"), True),
+    ("\\boxed{12 cm^2}", "12", mv_free("integer"), True),  # the unit's exponent is not the answer
     ("<answer>Blue.</answer>", "blue", mv_free("text"), True),
 ]
 

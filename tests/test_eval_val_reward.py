@@ -47,12 +47,9 @@ def test_other_data_sources_go_to_the_fallback(monkeypatch):
     from verl_ext.eval import val_reward
 
     calls = []
-    monkeypatch.setattr(val_reward, "fallback", lambda *a: calls.append(a) or 0.5)
-    assert val_reward.compute_score("mmfinereason", "x", "y", {}) == 0.5
-    assert calls == [("mmfinereason", "x", "y", {})]
-    # verl's own default scorer handles its known sources (geometry3k here)
-    monkeypatch.setattr(val_reward, "fallback", val_reward._default_fallback)
-    assert val_reward.compute_score("hiyouga/geometry3k", "<think>.</think>\\boxed{3}", "3", {}) > 0
+    monkeypatch.setattr(val_reward, "fallback", lambda *a, **k: calls.append((a, k)) or 0.5)
+    assert val_reward.compute_score("mmfinereason", "x", "y", {}, format_weight=0.1) == 0.5
+    assert calls == [(("mmfinereason", "x", "y", {}), {"format_weight": 0.1})]
 
 
 def test_verl_validation_metrics_are_per_benchmark_accuracy():
@@ -74,3 +71,12 @@ def test_verl_validation_metrics_are_per_benchmark_accuracy():
     assert metrics["val-core/mathvision/acc/mean@1"] == pytest.approx(2 / 3)
     assert metrics["val-core/zerobench/acc/mean@1"] == pytest.approx(0.5)
     assert metrics["val-core/wemath/acc/mean@1"] == pytest.approx(1.0)
+
+
+def test_training_rows_get_the_training_reward():
+    from verl_ext.eval.val_reward import compute_score
+
+    info = {"problem_type": "multiple choice", "options": ["1", "2", "3"]}
+    right = compute_score("mmfinereason", "<thought>2 fits</thought><answer>B</answer>", "B", dict(info))
+    wrong = compute_score("mmfinereason", "<thought>no</thought><answer>C</answer>", "B", dict(info))
+    assert right["acc"] == 1 and wrong["acc"] == 0  # graded by the training reward, not by a benchmark scorer

@@ -25,7 +25,10 @@ def _kv(items: list[str], what: str) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m verl_ext.eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m verl_ext.eval",
+        description="Evaluate a model on MMMU, MathVista, MathVision, ZeroBench and WeMath; table beside the paper's Table 2.",
+    )
     p.add_argument("--model", required=True, help="Hugging Face model dir, or verl checkpoint dir (global_step_N or its actor/)")
     p.add_argument("--data-dir", required=True, help="directory holding <benchmark>/<split>.parquet")
     p.add_argument("--out-dir", required=True, help="results directory (rerun into it to resume)")

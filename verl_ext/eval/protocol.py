@@ -54,7 +54,8 @@ class Protocol:
         return dataclasses.asdict(self)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Protocol":
-        """A copy with ``key=value`` overrides (values parsed as YAML scalars when given as strings)."""
+        """A copy with ``key=value`` overrides (strings parsed as YAML; ``splits`` entries are merged
+        into the current per-benchmark choice)."""
         names = {f.name: f for f in dataclasses.fields(self)}
         kw = {}
         for key, value in overrides.items():
@@ -62,6 +63,10 @@ class Protocol:
                 raise KeyError(f"unknown protocol field {key!r}; fields: {', '.join(names)}")
             if isinstance(value, str):
                 value = yaml.safe_load(value)
+            if key == "splits":  # per-benchmark: merge into the current choice
+                if not isinstance(value, dict):
+                    raise ValueError(f"protocol field 'splits' must map benchmark -> [split, ...], got {value!r}")
+                value = {**self.splits, **{b: [v] if isinstance(v, str) else list(v) for b, v in value.items()}}
             kw[key] = value
         out = dataclasses.replace(self, **kw)
         if out.n != 1:

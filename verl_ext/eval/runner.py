@@ -2,8 +2,9 @@
 
 Output layout under ``out_dir``:
 
-* ``run.json``: model, backend, protocol and scorer version; a rerun into the same directory must
-  match it (so resumed samples come from the same setup).
+* ``run.json``: model, backend and protocol; a rerun into the same directory must match it (so
+  resumed samples come from the same setup). Stored responses are re-scored with the current
+  scorer on every run, so a scorer fix only needs a rerun.
 * ``<bench>/samples.jsonl``: one line per sample (``id``, ``split``, ``response``, ``extracted``,
   ``pred``, ``correct``, ...), appended and flushed as each sample finishes; on restart the ids
   already there are skipped.
@@ -134,7 +135,8 @@ def run(
         if b not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)}")
     out = Path(out_dir)
-    meta = {"model": str(model), "backend": backend_name, "protocol": protocol.to_dict(), "scorer_version": SCORER_VERSION}
+    # what the stored responses depend on; the scorer does not matter: stored responses are re-scored
+    meta = {"model": str(model), "backend": backend_name, "protocol": protocol.to_dict()}
     check_run_meta(out, meta)
     loaded = {}
     for b in benchmarks:
@@ -149,6 +151,7 @@ def run(
         if backend is None and any(s.uid not in done_ids for s in samples):
             backend = backend_factory()
         records = evaluate_benchmark(b, samples, backend, out, on_record) if backend else _stored(out, b, samples)
+        records, rescored = rescore(b, samples, records, out / b / "samples.jsonl")
         metrics = aggregate(b, records)
         res = {
             "benchmark": b,
@@ -158,6 +161,7 @@ def run(
             "rows_in_files": total,
             "limit": limit,
             "scorer_version": SCORER_VERSION,
+            "rescored_samples": rescored,
             "protocol": protocol.to_dict(),
             "metrics": metrics,
         }
@@ -176,7 +180,7 @@ def run(
         + ".\n"
     )
     (out / "table.md").write_text(table)
-    summary = {"label": label, "scores": scores, "average": average(scores), **meta, "limit": limit}
+    summary = {"label": label, "scores": scores, "average": average(scores), **meta, "scorer_version": SCORER_VERSION, "limit": limit}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -184,3 +188,24 @@ def run(
 def _stored(out: Path, benchmark: str, samples: list[Sample]) -> list[dict]:
     done = {r["id"]: r for r in read_records(out / benchmark / "samples.jsonl")}
     return [done[s.uid] for s in samples]
+
+
+def rescore(benchmark: str, samples: list[Sample], records: list[dict], path: Path) -> tuple[list[dict], int]:
+    """Re-apply the current scorer to stored responses (a resumed run may hold lines scored by an
+    older scorer version). Changed lines are rewritten in place (atomically); returns the records
+    and how many changed."""
+    by_id = {s.uid: s for s in samples}
+    out, changed = [], 0
+    for rec in records:
+        s = by_id[rec["id"]]
+        res = score(benchmark, rec["response"], s.ground_truth, s.extra_info)
+        new = {**rec, "extracted": res["extracted"], "pred": res["pred"], "correct": bool(res["correct"])}
+        changed += new != rec
+        out.append(new)
+    if changed:
+        new_by_id = {r["id"]: r for r in out}
+        lines = [new_by_id.get(r["id"], r) for r in read_records(path)]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
+        os.replace(tmp, path)
+    return out, changed

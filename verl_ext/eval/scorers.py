@@ -77,7 +77,7 @@ def to_number(s: Any) -> float | None:
     t = t.replace("^\\circ", "").replace("^{\\circ}", "").replace("°", "").replace("\\circ", "")
     t = t.replace("%", "").replace("\\", "").strip()
     t = re.sub(r"^[a-zA-Z]\s*=\s*", "", t)  # "x = 5"
-    t = re.sub(r"\s*[a-zA-Z][a-zA-Z ]*\.?$", "", t) if re.search(r"\d", t) else t  # units
+    t = re.sub(r"\s*[a-zA-Z][a-zA-Z ]*(\^\{?\d\}?)?\.?$", "", t) if re.search(r"\d", t) else t  # units, cm^2
     t = t.strip()
     if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", t):
         t = t.replace(",", "")
@@ -150,12 +150,15 @@ def parse_choice(pred: str, options: list[str] | None, n_letters: int | None = N
         num_opt = to_number(opt)
         if num_pred is not None and num_opt is not None and numbers_equal(num_pred, num_opt):
             return letters[i]
-    found = []
+    spans = []  # (start, end, letter) of each option text's last occurrence
     for i, opt in enumerate(options):
         o = normalize_text(opt)
         if o and o in norm_pred:
-            found.append((norm_pred.rfind(o), len(o), letters[i]))
-    return max(found)[2] if found else None
+            start = norm_pred.rfind(o)
+            spans.append((start, start + len(o), letters[i]))
+    # an option found only inside a longer option's match ("5 cm" in "15 cm") does not count
+    spans = [a for a in spans if not any(b != a and b[0] <= a[0] and a[1] <= b[1] for b in spans)]
+    return max(spans)[2] if spans else None
 
 
 def _is_article(s: str, pos: int) -> bool:

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Build verl-ready parquet files for the training set, the five benchmarks and the generated set.
+
+    python data_prep/build_parquet.py synthetic --out-dir data
+    python data_prep/build_parquet.py train --source /path/to/MMFineReason --val-size 512 --out-dir data
+    python data_prep/build_parquet.py mmmu mathvista --mmmu-source ./mmmu --mathvista-source ./mv --out-dir data
+
+Writes ``<out-dir>/<dataset>/<split>.parquet`` (``<split>-00000.parquet``, ... when ``--shard-size``
+is exceeded). A source is a local copy (``save_to_disk`` directory, parquet, JSON/JSONL + image
+files) or a hub id (the default; needs network). Bad rows stop the run with an error naming the
+dataset, row and field, or with ``--skip-bad`` go to ``<split>.rejects.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tqdm import tqdm  # noqa: E402
+
+from data_prep.common import TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, build_row, row_schema  # noqa: E402
+from data_prep.converters import DATASETS  # noqa: E402
+from data_prep.sources import SourceError  # noqa: E402
+from data_prep.writer import RejectLog, SplitWriter  # noqa: E402
+
+ALL = ["train", "mmmu", "mathvista", "mathvision", "zerobench", "wemath", "synthetic"]
+VAL_SPLIT = "val"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("datasets", nargs="+", choices=ALL + ["all"], metavar="DATASET",
+                   help=f"one or more of {', '.join(ALL)}, or all")
+    p.add_argument("--out-dir", default="data", help="output root (default: data)")
+    p.add_argument("--source", help="local path or hub id of the (single) dataset named")
+    for name in ALL[:-1]:
+        p.add_argument(f"--{name}-source", help=f"local path or hub id for {name} "
+                                                f"(default: {DATASETS[name].hub_id})")
+    p.add_argument("--limit", type=int, default=None, help="read at most N source rows per split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out slice and the generated set")
+    p.add_argument("--shard-size", type=int, default=None, help="rows per output file (default: one file)")
+    p.add_argument("--row-group-rows", type=int, default=64, help="rows per parquet row group")
+    p.add_argument("--min-pixels", type=int, default=None,
+                   help="upscale smaller images (qwen-vl-utils smart_resize); the paper uses 262144")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="downscale larger images (qwen-vl-utils smart_resize); the paper uses 1048576")
+    p.add_argument("--prompt-template", default=None, help="Jinja student prompt template "
+                                                           "(default: data_prep/templates/student_prompt.jinja)")
+    p.add_argument("--val-size", type=int, default=0,
+                   help="train: hold out N rows (chosen by --seed) as the 'val' split")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="write bad rows to <split>.rejects.jsonl instead of stopping")
+    p.add_argument("--mathvision-split", choices=["test", "testmini"], default="test")
+    p.add_argument("--zerobench-variant", choices=["subquestions", "main"], default="subquestions")
+    p.add_argument("--synthetic-train-size", type=int, default=None, help="generated train rows (320)")
+    p.add_argument("--synthetic-test-size", type=int, default=None, help="generated test rows (64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    names = ALL if "all" in args.datasets else list(dict.fromkeys(args.datasets))
+    if args.source is not None:
+        if len(names) != 1:
+            p.error("--source names the source of one dataset; use --<dataset>-source for several")
+        if names[0] != "synthetic":
+            setattr(args, f"{names[0]}_source", args.source)
+    args.names = names
+    for flag in ("limit", "shard_size", "min_pixels", "max_pixels"):
+        v = getattr(args, flag)
+        if v is not None and v <= 0:
+            p.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
+        p.error("--min-pixels must not exceed --max-pixels")
+    if args.val_size < 0:
+        p.error("--val-size must be >= 0")
+    return args
+
+
+def _convert_split(name, conv, job, args, renderer, out_root, summary):
+    source = getattr(args, f"{name}_source", None) or conv.hub_id
+    stream = conv.stream(source, job, args)
+    total = stream.total
+    if args.limit is not None:
+        total = args.limit if total is None else min(total, args.limit)
+    splits = [job.split]
+    val_rows: set[int] = set()
+    if name == "train" and args.val_size:
+        if total is None:
+            raise SourceError(f"{name}: --val-size needs a source whose row count is known")
+        if args.val_size >= total:
+            raise SourceError(f"{name}: --val-size {args.val_size} must be smaller than the {total} rows read")
+        val_rows = set(random.Random(f"val-{args.seed}").sample(range(total), args.val_size))
+        splits.append(VAL_SPLIT)
+
+    schema = row_schema(conv.extra_fields, conv.with_trace)
+    out_dir = out_root / name
+    with ExitStack() as stack:
+        writers = {s: stack.enter_context(SplitWriter(out_dir, s, schema, args.shard_size, args.row_group_rows))
+                   for s in splits}
+        rejects = {s: RejectLog(out_dir, s) for s in splits}
+        stack.callback(lambda: [r.abort() for r in rejects.values()])  # no-op after commit
+        no_trace = {s: 0 for s in splits}
+        bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
+                                       disable=args.quiet, file=sys.stderr))
+        for pos, (base_dir, raw) in enumerate(stream.rows()):
+            if args.limit is not None and pos >= args.limit:
+                break
+            split = VAL_SPLIT if pos in val_rows else job.split
+            row_id = conv.row_id(raw, pos, job)
+            try:
+                try:
+                    sample = conv.convert(raw, row_id, job)
+                    row = build_row(sample, data_source=conv.name, ability=conv.ability, split=split,
+                                    index=writers[split].rows, renderer=renderer,
+                                    image_opts=ImageOptions(args.min_pixels, args.max_pixels, base_dir),
+                                    with_trace=conv.with_trace)
+                except BadRow:
+                    raise
+                except Exception as e:  # an unexpected value type in a column: still a row error
+                    raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
+            except BadRow as e:
+                e.locate(name, split, row_id)
+                if not args.skip_bad:
+                    raise
+                rejects[split].add(e)
+            else:
+                if conv.with_trace and not row["extra_info"][TRACE_FIELD]:
+                    no_trace[split] += 1
+                writers[split].add(row)
+            bar.update(1)
+        for s in splits:
+            files = writers[s].commit()
+            rej_file = rejects[s].commit()
+            summary.append({"dataset": name, "split": s, "written": writers[s].rows,
+                            "rejected": rejects[s].count, "reasons": dict(sorted(rejects[s].reasons.items())),
+                            "files": [str(f) for f in files], "rejects_file": str(rej_file) if rej_file else None,
+                            "rows_without_trace": no_trace[s] if conv.with_trace else None})
+
+
+def build(args: argparse.Namespace) -> list[dict]:
+    """Convert every dataset of ``args.names``; returns one summary record per written split."""
+    renderer = PromptRenderer(args.prompt_template)
+    out_root = Path(args.out_dir)
+    summary: list[dict] = []
+    for name in args.names:
+        conv = DATASETS[name]
+        for job in conv.jobs(args):
+            _convert_split(name, conv, job, args, renderer, out_root, summary)
+    return summary
+
+
+def format_summary(summary: list[dict]) -> str:
+    lines = ["", f"{'dataset/split':<32}{'written':>9}{'rejected':>10}  files"]
+    for rec in summary:
+        lines.append(f"{rec['dataset'] + '/' + rec['split']:<32}{rec['written']:>9}{rec['rejected']:>10}  "
+                     + ", ".join(rec["files"]))
+        for reason, n in rec["reasons"].items():
+            lines.append(f"{'':<4}rejected {n:>6}  {reason}")
+        if rec["rejects_file"]:
+            lines.append(f"{'':<4}rejects listed in {rec['rejects_file']}")
+        if rec.get("rows_without_trace"):
+            lines.append(f"{'':<4}{rec['rows_without_trace']} row(s) have no reference trace ({TRACE_FIELD})")
+    total_w = sum(r["written"] for r in summary)
+    total_r = sum(r["rejected"] for r in summary)
+    lines.append(f"{'total':<32}{total_w:>9}{total_r:>10}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = build(args)
+    except (BadRow, SourceError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Shared pieces of the converters: the sample a converter produces, bad-row errors, image
+loading/resizing, the student prompt, and the verl row (schema in ``row_schema``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pyarrow as pa
+from PIL import Image
+
+from verl_ext.reward.grading import PROBLEM_TYPES, normalize_problem_type
+
+IMAGE_TOKEN = "<image>"
+LETTERS = string.ascii_uppercase
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_prompt.jinja"
+TRACE_FIELD = "qwen3vl_235b_thinking_response"
+# Qwen3-VL: patch 16 x spatial merge 2; resized sides are multiples of this.
+IMAGE_FACTOR = 32
+
+
+class BadRow(Exception):
+    """A source row that cannot become a training/eval row. ``str()`` names dataset, row and field."""
+
+    def __init__(self, field: str, reason: str, dataset: str = "?", split: str = "?", row_id: str = "?"):
+        self.field, self.reason = field, reason
+        self.dataset, self.split, self.row_id = dataset, split, row_id
+        super().__init__(field, reason)
+
+    def locate(self, dataset: str, split: str, row_id: str) -> "BadRow":
+        self.dataset, self.split, self.row_id = dataset, split, row_id
+        return self
+
+    def __str__(self) -> str:
+        return (f"{self.dataset} [{self.split}] row {self.row_id!r}, field {self.field!r}: {self.reason}"
+                " (use --skip-bad to write such rows to a rejects file instead)")
+
+
+@dataclass
+class Sample:
+    """What a converter extracts from one source row, before validation and rendering.
+
+    ``question`` holds one ``<image>`` per entry of ``images`` where the question puts it, or none at
+    all when ``prepend_images`` (the layout has no placeholders: images go before the question).
+    ``images`` are ``(field name, raw value)`` pairs; a raw value is bytes, ``{"bytes"|"path"}``,
+    a path string or a PIL image.
+    """
+
+    id: str
+    question: str
+    answer: Any
+    problem_type: str
+    options: list[str] = field(default_factory=list)
+    images: list[tuple[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    trace: str | None = None
+    prepend_images: bool = False
+
+
+@dataclass
+class ImageOptions:
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    base_dir: str | None = None  # relative image paths are resolved against this
+
+
+def _read_path(path: str, base_dir: str | None) -> bytes:
+    p = path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path)
+    try:
+        with open(p, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BadRow("", f"image file {path!r} cannot be read ({e.strerror or e})") from None
+
+
+def image_bytes(value: Any, opts: ImageOptions) -> bytes:
+    """PNG/JPEG bytes of one image value, fully decoded once to prove it is an image; re-encoded as
+    PNG only when it is a PIL image or its pixel count is outside ``[min_pixels, max_pixels]``
+    (resized with qwen-vl-utils' ``smart_resize``, sides multiples of 32). Raises ``BadRow``."""
+    if value is None:
+        raise BadRow("", "image is missing (null)")
+    if isinstance(value, Image.Image):
+        data = None
+        img = value
+    else:
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                data = bytes(value["bytes"])
+            elif value.get("path"):
+                data = _read_path(value["path"], opts.base_dir)
+            else:
+                raise BadRow("", "image is missing (no bytes and no path)")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        elif isinstance(value, str):
+            if not value:
+                raise BadRow("", "image is missing (empty path)")
+            data = _read_path(value, opts.base_dir)
+        else:
+            raise BadRow("", f"image has unsupported type {type(value).__name__}")
+        if not data:
+            raise BadRow("", "image is empty (0 bytes)")
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception as e:  # PIL raises several types on corrupt data
+            raise BadRow("", f"image cannot be decoded ({type(e).__name__}: {e})") from None
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise BadRow("", f"image has no pixels ({w}x{h})")
+    too_small = opts.min_pixels is not None and w * h < opts.min_pixels
+    too_big = opts.max_pixels is not None and w * h > opts.max_pixels
+    if data is not None and not (too_small or too_big):
+        return data
+    if too_small or too_big:
+        from qwen_vl_utils.vision_process import smart_resize
+
+        nh, nw = smart_resize(h, w, factor=IMAGE_FACTOR,
+                              min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
+                              max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0, IMAGE_FACTOR * IMAGE_FACTOR))
+        if img.mode not in ("RGB", "RGBA", "L"):
+            img = img.convert("RGB")
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+class PromptRenderer:
+    """The student prompt, a Jinja template (``templates/student_prompt.jinja`` by default)."""
+
+    def __init__(self, template_path: str | os.PathLike | None = None):
+        path = Path(template_path or DEFAULT_TEMPLATE)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt template not found: {path}")
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+        self.template = env.from_string(path.read_text(encoding="utf-8"))
+        self.path = path
+
+    def render(self, question: str, problem_type: str, options: list[str]) -> str:
+        return self.template.render(question=question, problem_type=problem_type, options=options,
+                                    letters=LETTERS).strip()
+
+
+def clean_answer_text(answer: Any) -> str:
+    """The ground-truth string: stripped, surrounding ``$``/``$$`` removed (``\\boxed{}`` kept)."""
+    if answer is None:
+        return ""
+    s = str(answer).strip()
+    while len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+        s = s[1:-1].strip()
+    return s
+
+
+def letter_for(answer: str, options: list[str]) -> str:
+    """The option letter of a multiple-choice answer given as a letter or as an option's text."""
+    from verl_ext.reward.grading import parse_choice
+
+    a = answer.strip()
+    if len(a) == 1 and a.upper() in LETTERS[: len(options)]:
+        return a.upper()
+    letter = parse_choice(a, options)
+    if letter is None:
+        raise BadRow("answer", f"multiple-choice answer {answer!r} is neither an option letter "
+                               f"(A-{LETTERS[len(options) - 1]}) nor an option's text")
+    return letter
+
+
+BASE_EXTRA_FIELDS: dict[str, pa.DataType] = {
+    "index": pa.int64(),
+    "split": pa.string(),
+    "id": pa.string(),
+    "problem_type": pa.string(),
+    "options": pa.list_(pa.string()),
+    "question": pa.string(),
+    "answer": pa.string(),
+}
+
+
+def row_schema(extra_fields: dict[str, pa.DataType], with_trace: bool) -> pa.Schema:
+    extra = dict(BASE_EXTRA_FIELDS)
+    if with_trace:
+        extra[TRACE_FIELD] = pa.string()
+    extra.update(extra_fields)
+    return pa.schema([
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("images", pa.list_(pa.struct([("bytes", pa.binary())]))),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        ("extra_info", pa.struct([(k, t) for k, t in extra.items()])),
+    ])
+
+
+def build_row(sample: Sample, *, data_source: str, ability: str, split: str, index: int,
+              renderer: PromptRenderer, image_opts: ImageOptions, with_trace: bool) -> dict:
+    """Validate a sample and turn it into one verl row (the row contract). Raises ``BadRow``."""
+    try:
+        ptype = normalize_problem_type(sample.problem_type)
+    except ValueError:
+        raise BadRow("problem_type", f"unknown question type {sample.problem_type!r} "
+                                     f"(expected one of {', '.join(PROBLEM_TYPES)})") from None
+    answer = clean_answer_text(sample.answer)
+    if not answer:
+        raise BadRow("answer", "answer is empty")
+    options = [str(o).strip() for o in sample.options]
+    if ptype == "multiple choice":
+        if len(options) < 2:
+            raise BadRow("options", f"multiple-choice question with {len(options)} option(s)")
+        if len(options) > len(LETTERS):
+            raise BadRow("options", f"{len(options)} options, more than {len(LETTERS)} letters")
+        answer = letter_for(answer, options)
+
+    images = []
+    for name, value in sample.images:
+        try:
+            images.append({"bytes": image_bytes(value, image_opts)})
+        except BadRow as e:
+            e.field = name
+            raise
+    question = str(sample.question or "").strip()
+    if not question:
+        raise BadRow("question", "question is empty")
+    if sample.prepend_images and IMAGE_TOKEN not in question:
+        question = IMAGE_TOKEN * len(images) + ("\n" if images else "") + question
+    content = renderer.render(question, ptype, options)
+    n_tokens = content.count(IMAGE_TOKEN)
+    if n_tokens != len(images):
+        raise BadRow("images", f"{len(images)} image(s) but {n_tokens} {IMAGE_TOKEN} placeholder(s) "
+                               "in the prompt")
+    extra = {"index": index, "split": split, "id": sample.id, "problem_type": ptype,
+             "options": options, "question": question, "answer": answer}
+    if with_trace:
+        extra[TRACE_FIELD] = sample.trace if sample.trace is not None else ""
+    extra.update(sample.extra)
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": content}],
+        "images": images,
+        "ability": ability,
+        "reward_model": {"style": "rule", "ground_truth": answer},
+        "extra_info": extra,
+    }

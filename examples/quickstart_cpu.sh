@@ -22,4 +22,4 @@ if [ ! -f "$WORK/data/synthetic/train.parquet" ]; then
   "$PY" data_prep/build_parquet.py synthetic --out-dir "$WORK/data"
 fi
 "$PY" -m verl_ext.tiny_model "$WORK/tiny_qwen3vl" >/dev/null   # built once, reused afterwards
-exec "$PY" -W ignore -m verl_ext.cpu.launch --method "$METHOD" --workdir "$WORK" --steps "${STEPS:-4}" "$@"
+VERL_PLATFORM=cpu exec "$PY" -W ignore -m verl_ext.cpu.launch --method "$METHOD" --workdir "$WORK" --steps "${STEPS:-4}" "$@"

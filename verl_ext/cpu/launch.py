@@ -28,6 +28,7 @@ TEACHER_MODE = "self_distill"
 # (label, metric key) printed per step; missing keys are shown as "-".
 STEP_COLUMNS = (
     ("reward", "critic/score/mean"),
+    ("acc", "rollout/acc"),
     ("lambda", "rlsd/lambda"),
     ("clip", "rlsd/weight_clip_frac"),
     ("clip_lo", "rlsd/weight_clip_low_frac"),
@@ -131,6 +132,22 @@ def read_metrics(path: str | os.PathLike) -> dict[int, dict[str, float]]:
     return steps
 
 
+# The project's reward is (1 - w) * acc + w * format with w = 0.1 for math and acc otherwise
+# (verl_ext.reward.compute_score, no overlong penalty here), so score >= 0.5 exactly when acc = 1.
+ACC_THRESHOLD = 0.5
+
+
+def rollout_accuracy(rollout_dir: str | os.PathLike) -> dict[int, float]:
+    """Per-step training accuracy from verl's rollout dump (``trainer.rollout_data_dir``: ``<step>.jsonl``,
+    one line per response with its ``score``): the fraction of responses with ``score >= 0.5``."""
+    acc = {}
+    for path in Path(rollout_dir).glob("*.jsonl"):
+        scores = [json.loads(line)["score"] for line in open(path) if line.strip()]
+        if scores:
+            acc[int(path.stem)] = sum(s >= ACC_THRESHOLD for s in scores) / len(scores)
+    return acc
+
+
 def format_table(metrics: dict[int, dict[str, float]], columns=STEP_COLUMNS) -> str:
     """One row per step with the columns of ``columns`` (a missing metric is '-')."""
 
@@ -185,11 +202,16 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(f"{data_dir / 'synthetic' / f'{split}.parquet'} is missing (build_parquet.py synthetic)")
     print(f"[{args.method}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (args.method + '.log')}")
     start = time.time()
+    rollouts = workdir / "rollouts" / args.method
     metrics_path, ckpt = run_training(
         args.method, workdir, model_dir, data_dir, args.steps,
-        extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}", *args.overrides],
+        extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}",
+               f"trainer.rollout_data_dir={rollouts}", *args.overrides],
     )  # fmt: skip
     metrics = read_metrics(metrics_path)
+    for step, acc in rollout_accuracy(rollouts).items():
+        if step in metrics:
+            metrics[step]["rollout/acc"] = acc
     print(format_table(metrics))
     last = metrics[max(metrics)]
     val = {k: v for k, v in last.items() if k.startswith("val-core/")}

@@ -32,6 +32,7 @@ def normalize_answer(text: str) -> str:
     collapse whitespace to one space, case-fold, strip surrounding spaces and a trailing period."""
     s = unicodedata.normalize("NFKC", str(text))
     s = _LATEX_NOISE.sub("", s).strip()
+    s = s[:-1].rstrip() if s.endswith(".") else s
     m = _BOXED_RE.match(s)
     if m:
         s = m.group(1)

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from verl_ext.diagnostics.dump import ResponseRecord  # noqa: E402
 
@@ -94,11 +95,12 @@ def render_png(record: ResponseRecord, path: str | os.PathLike, by: str = "advan
     cells = layout(record.tokens["text"][:max_tokens], width)
     norm, cmap = norm_for(record, by), plt.get_cmap(CMAP)
     lines = (cells[-1][0] + 1) if cells else 1
-    char_w, line_h = 0.105, 0.26  # inches per character / per line at 9 pt monospace
-    fig_w = width * char_w + 1.6
-    fig_h = lines * line_h + 1.2
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=110)
-    ax = fig.add_axes([0.2 / fig_w, 0.35 / fig_h, width * char_w / fig_w, lines * line_h / fig_h])
+    # DejaVu Sans Mono advances 0.602 em: 9 pt -> 0.0753 in per character
+    char_w, line_h, top, bottom, left = 0.0753, 0.24, 0.45, 0.3, 0.15
+    text_w, text_h = width * char_w, lines * line_h
+    fig_w, fig_h = left + text_w + 1.1, top + text_h + bottom
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=120)
+    ax = fig.add_axes([left / fig_w, bottom / fig_h, text_w / fig_w, text_h / fig_h])
     ax.set_xlim(0, width)
     ax.set_ylim(lines, 0)
     ax.axis("off")
@@ -106,9 +108,12 @@ def render_png(record: ResponseRecord, path: str | os.PathLike, by: str = "advan
         colour = cmap(norm(v))
         ax.add_patch(Rectangle((col, line + 0.06), len(shown), 0.88, facecolor=colour, edgecolor="white", linewidth=0.4))
         ax.text(col, line + 0.5, shown, family="DejaVu Sans Mono", fontsize=9, va="center", ha="left", color=_text_colour(colour))
-    fig.suptitle(_title(record, by), fontsize=9, x=0.01, ha="left", y=1 - 0.15 / fig_h, va="top")
-    cax = fig.add_axes([(0.2 + width * char_w + 0.3) / fig_w, 0.35 / fig_h, 0.15 / fig_w, min(lines * line_h, 3.0) / fig_h])
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax).ax.tick_params(labelsize=7)
+    fig.text(left / fig_w, 1 - 0.08 / fig_h, _title(record, by), fontsize=9, ha="left", va="top")
+    bar_h = min(text_h, 2.5)
+    cax = fig.add_axes([(left + text_w + 0.25) / fig_w, (bottom + text_h - bar_h) / fig_h, 0.12 / fig_w, bar_h / fig_h])
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(by, fontsize=7)
     if len(record) > max_tokens:
         fig.text(0.01, 0.1 / fig_h, f"(first {max_tokens} of {len(record)} tokens)", fontsize=7)
     path = Path(path)
@@ -254,6 +259,7 @@ def plot_curves(metrics: dict[int, dict[str, float]], path: str | os.PathLike, t
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")

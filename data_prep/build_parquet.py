@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = getattr(args, flag)
         if v is not None and v <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
+        p.error("--min-pixels must not exceed --max-pixels")
     if args.val_size < 0:
         p.error("--val-size must be >= 0")
     return args

@@ -122,7 +122,7 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
 
         nh, nw = smart_resize(h, w, factor=IMAGE_FACTOR,
                               min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
-                              max_pixels=opts.max_pixels or max(w * h, IMAGE_FACTOR * IMAGE_FACTOR))
+                              max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0, IMAGE_FACTOR * IMAGE_FACTOR))
         if img.mode not in ("RGB", "RGBA", "L"):
             img = img.convert("RGB")
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)

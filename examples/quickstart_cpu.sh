@@ -1,7 +1,25 @@
 #!/usr/bin/env bash
-# The README's main-job command: sets up .venv if needed, then runs the embedded CPU default.
+# The embedded CPU default: verl's own trainer (python -m verl.trainer.main_ppo) for a few steps with a
+# tiny random Qwen3-VL on the synthetic data set.
+#   bash examples/quickstart_cpu.sh                 # RLSD, 4 steps
+#   bash examples/quickstart_cpu.sh grpo            # or METHOD=grpo; grpo | rlsd | opsd | sdpo | grpo_opsd
+#   bash examples/quickstart_cpu.sh rlsd trainer.total_training_steps=6 +algorithm.rlsd.lambda_init=0.3
+#   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
+# CPU overrides: verl_ext/cpu/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_venv.sh"
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" examples/estimator_demo.py "$@"
+bash scripts/setup_venv.sh
+PY="$ROOT/.venv/bin/python"
+
+METHOD="${METHOD:-rlsd}"
+case "${1:-}" in
+  grpo|rlsd|opsd|sdpo|grpo_opsd) METHOD="$1"; shift ;;
+esac
+WORK="$ROOT/outputs/cpu"
+
+if [ ! -f "$WORK/data/synthetic/train.parquet" ]; then
+  "$PY" data_prep/build_parquet.py synthetic --out-dir "$WORK/data"
+fi
+"$PY" -m verl_ext.tiny_model "$WORK/tiny_qwen3vl" >/dev/null   # built once, reused afterwards
+VERL_PLATFORM=cpu exec "$PY" -W ignore -m verl_ext.cpu.launch --method "$METHOD" --workdir "$WORK" --steps "${STEPS:-4}" "$@"

@@ -239,3 +239,19 @@ def test_gap_metric_and_thought_mask(vl):
     assert len(inside) - len("<thought>add 2 and 3</thought>") <= 1
     assert mask[len(ids):].sum() == 0
     assert thought_mask(vl.tok.encode("<answer>5</answer>", add_special_tokens=False), vl.tok).sum() == 0
+
+
+def test_teacher_copy_save_and_load_round_trip(tmp_path):
+    from verl_ext.trainer.worker import load_local_parameters, save_local_parameters
+
+    torch.manual_seed(1)
+    saved, fresh = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    assert not load_local_parameters(fresh, str(tmp_path / "none"))  # no file: caller re-syncs
+    save_local_parameters(saved, str(tmp_path / "teacher"))
+    assert load_local_parameters(fresh, str(tmp_path / "teacher"))
+    assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), fresh.parameters()))
+    with pytest.raises(RuntimeError, match="same number of ranks"):
+        load_local_parameters(torch.nn.Linear(5, 3), str(tmp_path / "teacher"))
+    restored = TeacherSchedule("frozen", sync_every=10)
+    restored.on_start(14, teacher_restored=True)
+    assert [restored.rate_at(s) for s in (15, 21)] == [None, 1.0]

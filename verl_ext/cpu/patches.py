@@ -11,15 +11,22 @@
 
    Upstream fix: skip the second entry when the device is ``cpu``.
 
-2. Ragged index of nested 3-row position ids (Qwen-VL M-RoPE).
-   ``verl.utils.tensordict_utils.maybe_fix_3d_position_ids`` sets ``_ragged_idx = 2`` on every
-   nested 3-D ``position_ids``; it is meant to repair tensors of shape ``(B, 3, j)`` whose ragged
-   index was lost in pickling, but a nested tensor whose values are laid out ``(sum_j, 3)`` (ragged
-   dim 1) is then read as ragged along dim 2, and the next split fails with
-   ``split_with_sizes expects split_sizes to sum exactly to N``. The replacement derives the ragged
-   dim from the values' layout: ragged dim ``r`` is the one whose size in ``_values`` equals
-   ``offsets[-1]`` (the total length), i.e. ``_values.shape[r - 1] == offsets[-1]``.
-   Not CPU-specific (the legacy trainer fails the same way); upstream fix: the same check.
+2. Ragged dim of nested 4-row position ids (Qwen-VL: text position + 3 M-RoPE rows, ``(B, 4, j)``).
+   ``verl.utils.tensordict_utils.maybe_fix_3d_position_ids`` sets ``_ragged_idx = 2`` on every nested
+   3-D ``position_ids``, to repair an index lost in pickling. But when all samples of a batch have
+   the same length, torch stores the jagged tensor with the row dim as the ragged one (values
+   ``(B*4, j)``, ragged dim 1); forcing dim 2 then mis-reads it and the next split/pad fails (in
+   ``update_actor``: ``split_with_sizes expects split_sizes to sum exactly to N``). Minimal upstream
+   reproduction (not CPU-specific)::
+
+       import torch; from tensordict import TensorDict
+       from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
+       pos = torch.nested.as_nested_tensor([torch.arange(24).view(4, 6)] * 2, layout=torch.jagged)
+       td = TensorDict({"position_ids": pos}, batch_size=[2]); maybe_fix_3d_position_ids(td)
+       torch.nested.to_padded_tensor(td["position_ids"], 0, output_size=(2, 4, 6))  # RuntimeError
+
+   The replacement reads the ragged dim from the values' layout: dim ``r`` with
+   ``values.shape[r - 1] == offsets[-1]`` (the summed length). Upstream fix: the same check.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 - ``live``: always None (the policy itself is the teacher; there is no copy).
 
 At step 1 the copy already equals the policy (verl loads both from the same checkpoint). After a
-resume the first step re-syncs fully (1.0): the copy is not part of verl's checkpoint.
+resume without a saved teacher copy the first step re-syncs fully (1.0).
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ class TeacherSchedule:
     def needs_copy(self) -> bool:
         return self.mode in ("frozen", "ema")
 
-    def on_start(self, restored_step: int) -> None:
-        """Call once after verl restored (or not) a checkpoint; ``restored_step`` 0 = fresh start."""
-        self._resync = self.needs_copy and int(restored_step) > 0
+    def on_start(self, restored_step: int, teacher_restored: bool = False) -> None:
+        """Call once after verl restored (or not) a checkpoint; ``restored_step`` 0 = fresh start.
+
+        ``teacher_restored``: the teacher copy was loaded from the checkpoint too (no re-sync needed).
+        """
+        self._resync = self.needs_copy and int(restored_step) > 0 and not teacher_restored
 
     def rate_at(self, step: int) -> float | None:
         if not self.needs_copy:

@@ -23,8 +23,9 @@ Teacher weights (``algorithm.teacher.mode``):
 - ``ema``: before each step s > 1, ``teacher <- (1 - ema_rate) teacher + ema_rate policy``.
 - ``live``: the current policy (no copy, no extra memory).
 Resuming: verl restores ``global_steps`` from the checkpoint folder, so lambda and the sync schedule
-continue; the teacher copy itself is not in verl's checkpoint and is re-synced from the restored
-policy at the first step after resuming (frozen: exact only when resuming on a sync step).
+continue; the teacher copy (not part of verl's checkpoint) is saved beside it in
+``global_step_N/teacher/`` and loaded back; a checkpoint without it re-syncs the teacher from the
+restored policy at the first step.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_
 from verl.trainer.ppo.utils import Role, need_reference_policy
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from verl.utils.debug import marked_timer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
@@ -181,7 +183,32 @@ class SelfDistillTrainer(PPOTrainerSync):
     def on_init_end(self):
         super().on_init_end()
         if self.teacher_schedule is not None:
-            self.teacher_schedule.on_start(self.global_steps)
+            self.teacher_schedule.on_start(self.global_steps, teacher_restored=getattr(self, "_teacher_restored", False))
+
+    # ------------------------------------------------------------------ checkpoint
+    def _teacher_checkpoint_dir(self, step_folder: str) -> str:
+        return os.path.join(step_folder, "teacher")
+
+    def _save_checkpoint(self):
+        super()._save_checkpoint()
+        if self.teacher_schedule is not None and self.teacher_schedule.needs_copy:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            self.ref_policy_wg.save_teacher(self._teacher_checkpoint_dir(folder))
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        self._teacher_restored = False
+        if self.global_steps <= 0 or self.teacher_schedule is None or not self.teacher_schedule.needs_copy:
+            return
+        trainer_cfg = self.config.trainer
+        if trainer_cfg.resume_mode == "resume_path":
+            folder = os.path.abspath(trainer_cfg.resume_from_path)
+        else:
+            folder = find_latest_ckpt_path(os.path.abspath(trainer_cfg.default_local_dir))
+        if folder:
+            self._teacher_restored = all(self.ref_policy_wg.load_teacher(self._teacher_checkpoint_dir(folder)))
+        if not self._teacher_restored:
+            logger.warning("no teacher copy in the checkpoint: the teacher is re-synced from the restored policy")
 
     # ------------------------------------------------------------------ step hooks
     def on_step_begin(self):

@@ -6,9 +6,14 @@ built by verl from the same checkpoint), so their log-probs come from verl's own
 :meth:`SelfDistillWorker.sync_teacher` does it in place on each rank's local shards:
 
     theta_ref <- (1 - rate) * theta_ref + rate * theta_actor      (rate = 1: a plain copy)
+
+verl's checkpoint holds the actor only; :meth:`save_teacher` / :meth:`load_teacher` keep the teacher
+copy beside it (one file of local shards per rank, so a resume needs the same world size).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from verl.single_controller.base.decorator import Dispatch, register
@@ -58,6 +63,38 @@ def blend_parameters(target: torch.nn.Module, source: torch.nn.Module, rate: flo
     return len(tgt)
 
 
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+@torch.no_grad()
+def save_local_parameters(module: torch.nn.Module, path: str) -> str:
+    """Write this rank's local parameter shards to ``path/teacher_rank{r}.pt``; returns the file."""
+    os.makedirs(path, exist_ok=True)
+    file = os.path.join(path, f"teacher_rank{_rank()}.pt")
+    torch.save({n: _local(p.data).detach().cpu().clone() for n, p in module.named_parameters()}, file)
+    return file
+
+
+@torch.no_grad()
+def load_local_parameters(module: torch.nn.Module, path: str) -> bool:
+    """Copy ``path/teacher_rank{r}.pt`` into the local shards; False when there is no such file."""
+    file = os.path.join(path, f"teacher_rank{_rank()}.pt")
+    if not os.path.isfile(file):
+        return False
+    saved = torch.load(file, map_location="cpu", weights_only=True)
+    params = dict(module.named_parameters())
+    if set(saved) != set(params):
+        raise RuntimeError(f"{file}: saved teacher parameters do not match the model's")
+    for name, p in params.items():
+        local = _local(p.data)
+        if tuple(saved[name].shape) != tuple(local.shape):
+            raise RuntimeError(f"{file}: {name} has shard {tuple(saved[name].shape)}, model {tuple(local.shape)}; "
+                               "resume with the same number of ranks")
+        local.copy_(saved[name].to(device=local.device, dtype=local.dtype))
+    return True
+
+
 class SelfDistillWorker(ActorRolloutRefWorker):
     """``ActorRolloutRefWorker`` + :meth:`sync_teacher`; everything else is verl's."""
 
@@ -69,3 +106,13 @@ class SelfDistillWorker(ActorRolloutRefWorker):
         # Offloaded parameters are moved back by the engines' own load/offload helpers.
         with actor_engine.eval_mode(), ref_engine.eval_mode():
             return blend_parameters(_engine_module(self.ref), _engine_module(self.actor), float(rate))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_teacher(self, path: str) -> str:
+        with self.ref.engine.eval_mode():
+            return save_local_parameters(_engine_module(self.ref), path)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_teacher(self, path: str) -> bool:
+        with self.ref.engine.eval_mode():
+            return load_local_parameters(_engine_module(self.ref), path)

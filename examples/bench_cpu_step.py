@@ -1,0 +1,57 @@
+"""Seconds per training step of GRPO and RLSD through verl's trainer on CPU, and their ratio.
+
+Both methods run back to back on the same machine with the same config (tiny Qwen3-VL, 2 prompts x
+4 responses, 32 response tokens); the first step of each run (warm-up) is left out of the mean.
+
+    python examples/bench_cpu_step.py [--steps 6] [--workdir outputs/cpu_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["VERL_PLATFORM"] = "cpu"
+
+from verl_ext.cpu.launch import read_metrics, run_training  # noqa: E402
+from verl_ext.tiny_model import build_tiny_qwen3vl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/adv", "timing_s/update_actor",
+         "timing_s/update_weights")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--workdir", default=str(ROOT / "outputs" / "cpu_bench"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
+    args = parser.parse_args()
+    work = Path(args.workdir).resolve()
+    model = build_tiny_qwen3vl(work / "tiny_qwen3vl")
+    data = work / "data"
+    if not (data / "synthetic" / "train.parquet").is_file():
+        subprocess.run([sys.executable, str(ROOT / "data_prep" / "build_parquet.py"), "synthetic", "--out-dir", str(data),
+                        "--quiet"], check=True)  # fmt: skip
+    results = {}
+    for method in ("grpo", "rlsd"):
+        print(f"running {method} for {args.steps} steps ...", flush=True)
+        path, _ = run_training(method, work, model, data, args.steps, extra=list(args.overrides), run_name=f"bench_{method}")
+        metrics = read_metrics(path)
+        steps = sorted(metrics)[1:]
+        results[method] = {key: [metrics[s].get(key, 0.0) for s in steps] for key in ("timing_s/step", *PARTS)}
+    print(f"\nseconds per step (steps 2..{args.steps}, mean +- stdev):")
+    for method, timing in results.items():
+        step = timing["timing_s/step"]
+        parts = "  ".join(f"{k.split('/')[-1]}={statistics.mean(v):.2f}" for k, v in timing.items() if k != "timing_s/step")
+        print(f"  {method:5s} {statistics.mean(step):6.2f} +- {statistics.stdev(step) if len(step) > 1 else 0:.2f}   ({parts})")
+    ratio = statistics.mean(results["rlsd"]["timing_s/step"]) / statistics.mean(results["grpo"]["timing_s/step"])
+    print(f"RLSD / GRPO step-time ratio: {ratio:.3f} (goal <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Benchmark: the teacher log-prob pass against the old-log-prob pass on the same batch.
+
+Both passes are one no-grad forward of the same model over the same responses; the teacher's
+prompt is longer (hint + template) and the teacher pass also builds its inputs (template, tokenizer,
+M-RoPE ids). Prints wall time (median of repeats), their ratio (goal <= 1.3x) and peak memory
+(CUDA: max allocated; CPU: peak RSS growth during the pass, a coarse number).
+
+    python examples/bench_teacher_pass.py                    # tiny random Qwen3-VL on CPU
+    python examples/bench_teacher_pass.py --full-size        # Qwen3-VL-8B config, random weights (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from PIL import Image
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build(args):
+    from transformers import AutoModelForImageTextToText
+    from verl.utils import hf_processor, hf_tokenizer
+
+    from verl_ext.tiny_model import build_tiny_qwen3vl
+
+    path = str(build_tiny_qwen3vl(tempfile.gettempdir() + "/bench_tiny_qwen3vl"))
+    tok, proc = hf_tokenizer(path), hf_processor(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.full_size:
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        from verl_ext.tiny_model import tiny_config
+
+        # Qwen3-VL-8B-Instruct's published sizes, random weights; the tiny tokenizer/processor.
+        tiny = tiny_config(tok)
+        text = dict(tiny.text_config.to_dict(), hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                      "mrope_interleaved": True}, tie_word_embeddings=False)
+        vision = dict(tiny.vision_config.to_dict(), depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16,
+                      out_hidden_size=4096, deepstack_visual_indexes=[8, 16, 24])
+        cfg = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=tiny.image_token_id,
+                            video_token_id=tiny.video_token_id, vision_start_token_id=tiny.vision_start_token_id,
+                            vision_end_token_id=tiny.vision_end_token_id, tie_word_embeddings=False)
+        with torch.device(device):
+            model = Qwen3VLForConditionalGeneration(cfg).to(torch.bfloat16)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    return tok, proc, model.to(device).eval(), device
+
+
+def make_rows(tok, proc, batch, prompt_words, response_tokens, image_size, seed=0):
+    from verl_ext.privileged import StudentSample
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(batch):
+        img = Image.new("RGB", (image_size, image_size), (40 * i % 255, 90, 160))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        question = " ".join(f"word{k}" for k in range(prompt_words)) + f" question {i}?"
+        msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": question}]}]
+        text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        enc = proc(text=[text], images=[img], return_tensors="pt")
+        r = response_tokens - (i % 4) * response_tokens // 8  # mixed lengths
+        resp = torch.randint(0, 150000, (r,), generator=g).tolist()
+        rows.append(StudentSample(messages=msgs, prompt_ids=enc["input_ids"][0].tolist(), response_ids=resp,
+                                  multi_modal_inputs={k: enc[k] for k in ("pixel_values", "image_grid_thw")},
+                                  ground_truth=f"{i * 7}", uid=f"g{i // 4}", score=1.0))
+    return rows
+
+
+def student_inputs(builder, rows):
+    out = []
+    for r in rows:
+        ids = torch.tensor(list(r.prompt_ids) + list(r.response_ids))
+        out.append((ids, builder.position_ids(ids, r.multi_modal_inputs), r.multi_modal_inputs))
+    return out
+
+
+def timed(fn, repeats, device):
+    times, peaks = [], []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        rss0 = _rss_mb()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+        else:
+            peaks.append(_rss_mb() - rss0)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), max(peaks)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--prompt-words", type=int, default=120)
+    p.add_argument("--response-tokens", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--full-size", action="store_true")
+    args = p.parse_args()
+
+    from verl_ext.privileged import PrivilegedPromptBuilder, TeacherConfig
+    from verl_ext.privileged.forward import response_log_probs
+
+    tok, proc, model, device = build(args)
+    rows = make_rows(tok, proc, args.batch, args.prompt_words, args.response_tokens, args.image_size)
+    lengths = [len(r.response_ids) for r in rows]
+    builder = PrivilegedPromptBuilder(tok, proc, TeacherConfig(hint="answer"))
+
+    def to_dev(mm):
+        return {k: v.to(device) for k, v in mm.items()} if mm else mm
+
+    student = student_inputs(builder, rows)
+
+    def old_pass():
+        response_log_probs(model, [x[0].to(device) for x in student], [x[1].to(device) for x in student],
+                           [to_dev(x[2]) for x in student], lengths, pad_token_id=tok.pad_token_id)
+
+    def teacher_pass():
+        teacher, _, _ = builder.build(rows)
+        response_log_probs(model, [t.input_ids.to(device) for t in teacher], [t.position_ids.to(device) for t in teacher],
+                           [to_dev(t.multi_modal_inputs) for t in teacher], lengths, pad_token_id=tok.pad_token_id)
+
+    def build_only():
+        builder.build(rows)
+
+    old_pass(), teacher_pass()  # warm-up
+    t_old, m_old = timed(old_pass, args.repeats, device)
+    t_teacher, m_teacher = timed(teacher_pass, args.repeats, device)
+    t_build, _ = timed(build_only, args.repeats, device)
+    teacher, _, _ = builder.build(rows)
+    tok_old = sum(x[0].numel() for x in student)
+    tok_teacher = sum(t.input_ids.numel() for t in teacher)
+    unit = "MiB CUDA (max allocated above baseline)" if device == "cuda" else "MiB peak RSS growth"
+    print(f"device={device} model={'Qwen3-VL-8B config (random)' if args.full_size else 'tiny Qwen3-VL'} "
+          f"batch={args.batch} tokens old={tok_old} teacher={tok_teacher} ({tok_teacher / tok_old:.2f}x)")
+    print(f"old-log-prob pass : {t_old * 1e3:8.1f} ms   peak {m_old:8.1f} {unit}")
+    print(f"teacher pass      : {t_teacher * 1e3:8.1f} ms   peak {m_teacher:8.1f} {unit}")
+    print(f"  of which inputs : {t_build * 1e3:8.1f} ms (template, tokenizer, M-RoPE ids)")
+    print(f"ratio teacher/old : {t_teacher / t_old:.2f}x (goal <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The CPU launcher's pieces that do not need a training run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from verl_ext.cpu.launch import (
+    CONFIG_DIR,
+    format_table,
+    mean_step_seconds,
+    method_overrides,
+    read_metrics,
+    rollout_accuracy,
+    train_command,
+    train_env,
+)
+
+
+def test_method_overrides():
+    assert method_overrides("grpo") == ["algorithm.adv_estimator=grpo", "trainer.v1.trainer_mode=sync"]
+    for method in ("rlsd", "opsd", "sdpo", "grpo_opsd"):
+        assert method_overrides(method) == [f"algorithm.adv_estimator={method}", "trainer.v1.trainer_mode=self_distill"]
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        method_overrides("ppo")
+
+
+def test_command_and_env_use_verl_entry_point(tmp_path):
+    cmd = train_command(["a=1"], python="py")
+    assert cmd[:3] == ["py", "-m", "verl.trainer.main_ppo"] and cmd[-1] == "a=1"
+    assert cmd[cmd.index("--config-path") + 1] == str(CONFIG_DIR)
+    assert (CONFIG_DIR / f"{cmd[cmd.index('--config-name') + 1]}.yaml").is_file()
+    env = train_env(tmp_path / "m.jsonl", base={})
+    assert env["VERL_PLATFORM"] == "cpu" and env["VERL_FILE_LOGGER_PATH"] == str((tmp_path / "m.jsonl").resolve())
+
+
+def test_read_metrics_and_table(tmp_path):
+    path = tmp_path / "m.jsonl"
+    rows = [{"step": 1, "data": {"timing_s/step": 10.0, "rlsd/lambda": 0.5}},
+            {"step": 2, "data": {"timing_s/step": 3.0}}, {"step": 3, "data": {"timing_s/step": 5.0}}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = read_metrics(path)
+    assert metrics[1]["rlsd/lambda"] == 0.5 and sorted(metrics) == [1, 2, 3]
+    assert mean_step_seconds(metrics) == pytest.approx(4.0)  # (3 + 5) / 2, warm-up step left out
+    table = format_table(metrics, columns=(("lambda", "rlsd/lambda"), ("step_s", "timing_s/step")))
+    assert table.splitlines()[1].split() == ["1", "0.5", "10"]
+    assert table.splitlines()[2].split() == ["2", "-", "3"]
+
+
+def test_read_metrics_names_bad_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"step": 1, "data": {}}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: not a verl file-logger record"):
+        read_metrics(path)
+
+
+def test_rollout_accuracy(tmp_path):
+    for step, scores in ((1, [0.0, 0.1, 0.9, 1.0]), (2, [0.0, 0.0])):
+        (tmp_path / f"{step}.jsonl").write_text("".join(json.dumps({"score": s}) + "\n" for s in scores))
+    assert rollout_accuracy(tmp_path) == {1: 0.5, 2: 0.0}

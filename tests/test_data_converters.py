@@ -1,0 +1,190 @@
+"""Each upstream layout, written as a tiny local copy, converted offline and checked row by row."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.build_parquet import build, parse_args
+from fixtures import data_layouts as L
+
+FORMAT = ("Format: You FIRST think about the reasoning process as an internal monologue enclosed within "
+          "<thought> </thought> tags. The final answer MUST be enclosed within <answer> </answer> tags.")
+
+
+def run(out, *argv):
+    return build(parse_args([*argv, "--out-dir", str(out), "--quiet"]))
+
+
+def read(path):
+    return pq.read_table(path).to_pylist()
+
+
+def check_rows(rows, expected, data_source, split):
+    assert len(rows) == len(expected)
+    for i, (row, exp) in enumerate(zip(rows, expected)):
+        where = f"row {i} ({exp['id']})"
+        assert row["data_source"] == data_source, where
+        assert len(row["prompt"]) == 1 and row["prompt"][0]["role"] == "user", where
+        content = row["prompt"][0]["content"]
+        assert FORMAT in content, where
+        assert f"Question:\n{exp['question']}" in content, where
+        if exp["options"]:
+            listed = "\n".join(f"{chr(65 + k)}. {o}" for k, o in enumerate(exp["options"]))
+            assert content.endswith("Options:\n" + listed), where
+        else:
+            assert "Options:" not in content, where
+        assert content.count("<image>") == len(exp["images"]), where
+        assert [im["bytes"] for im in row["images"]] == exp["images"], where
+        assert row["reward_model"] == {"style": "rule", "ground_truth": exp["gt"]}, where
+        info = row["extra_info"]
+        assert info["index"] == i and info["split"] == split and info["id"] == exp["id"], where
+        assert info["problem_type"] == exp["ptype"] and info["options"] == exp["options"], where
+        assert info["question"] == exp["question"] and info["answer"] == exp["gt"], where
+        for k, v in exp["extra"].items():
+            assert info[k] == v, f"{where}: extra_info[{k!r}]"
+
+
+def test_mmmu_parquet_subjects(tmp_path):
+    exp = L.write_mmmu(tmp_path / "src")
+    summary = run(tmp_path / "out", "mmmu", "--source", str(tmp_path / "src"))
+    assert [(s["split"], s["written"], s["rejected"]) for s in summary] == [("validation", 3, 0)]
+    rows = read(tmp_path / "out/mmmu/validation.parquet")
+    check_rows(rows, exp, "mmmu", "validation")
+    assert rows[0]["ability"] == "multidisciplinary"
+    # the whole student prompt of a multiple-choice row, written out by hand
+    assert rows[0]["prompt"][0]["content"] == (
+        "You are a helpful assistant capable of answering multiple-choice questions about images.\n\n"
+        "[MULTIPLE CHOICE Tasks]\nGoal: Choose the single correct option.\n" + FORMAT + "\n"
+        "Constraint: The content of <answer> </answer> MUST be exactly the letter of the chosen option (e.g. A).\n\n"
+        "Question:\nWhich shape is in <image>?\n\nOptions:\nA. a circle\nB. a square\nC. <image>")
+
+
+def test_mathvista_saved_dataset_dict(tmp_path):
+    exp = L.write_mathvista(tmp_path / "src")
+    run(tmp_path / "out", "mathvista", "--source", str(tmp_path / "src"))
+    rows = read(tmp_path / "out/mathvista/testmini.parquet")
+    check_rows(rows, exp, "mathvista", "testmini")
+    assert "Constraint: The content of <answer> </answer> MUST be only the number" in rows[1]["prompt"][0]["content"]
+    assert "[OPEN-ENDED Tasks]" in rows[3]["prompt"][0]["content"]
+
+
+@pytest.mark.parametrize("split", ["test", "testmini"])
+def test_mathvision_jsonl_with_image_files(tmp_path, split):
+    exp = L.write_mathvision(tmp_path / "src")
+    if split == "testmini":  # a file named for the split is picked over the others
+        (tmp_path / "src" / "testmini.jsonl").write_text((tmp_path / "src" / "test.jsonl").read_text().splitlines()[1] + "\n")
+        exp = exp[1:]
+    run(tmp_path / "out", "mathvision", "--source", str(tmp_path / "src"), "--mathvision-split", split)
+    rows = read(tmp_path / f"out/mathvision/{split}.parquet")
+    check_rows(rows, exp, "mathvision", split)
+    content = rows[-1]["prompt"][0]["content"]
+    assert content.startswith("You are a helpful assistant capable of solving mathematical problems.\n\n"
+                              "[MATHEMATICS Tasks]\nGoal: Solve the problem and state its final answer.\n" + FORMAT
+                              + "\n\nQuestion:\n<image>\nFind the area of the shaded region.")
+
+
+@pytest.mark.parametrize("variant,split", [("subquestions", "zerobench_subquestions"), ("main", "zerobench")])
+def test_zerobench_variants(tmp_path, variant, split):
+    exp = L.write_zerobench(tmp_path / "src")[variant]
+    run(tmp_path / "out", "zerobench", "--source", str(tmp_path / "src"), "--zerobench-variant", variant)
+    check_rows(read(tmp_path / f"out/zerobench/{split}.parquet"), exp, "zerobench", split)
+
+
+def test_wemath_json_options_string(tmp_path):
+    exp = L.write_wemath(tmp_path / "src")
+    run(tmp_path / "out", "wemath", "--source", str(tmp_path / "src"))
+    check_rows(read(tmp_path / "out/wemath/testmini.parquet"), exp, "wemath", "testmini")
+
+
+def test_train_paper_layout_jsonl(tmp_path):
+    exp = L.write_train_paper(tmp_path / "src")
+    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"))
+    rows = read(tmp_path / "out/train/train.parquet")
+    check_rows(rows, exp, "mmfinereason", "train")
+    assert all(r["extra_info"]["qwen3vl_235b_thinking_response"] == L.TRACE for r in rows)
+
+
+def test_train_upstream_layout_parquet_with_val_slice(tmp_path):
+    exp = L.write_train_upstream(tmp_path / "src", n=10)
+    summary = run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--val-size", "3", "--seed", "7")
+    assert {s["split"]: s["written"] for s in summary} == {"train": 7, "val": 3}
+    train = read(tmp_path / "out/train/train.parquet")
+    val = read(tmp_path / "out/train/val.parquet")
+    ids = sorted(r["extra_info"]["id"] for r in train + val)
+    assert ids == sorted(e["id"] for e in exp)  # every row exactly once
+    by_id = {e["id"]: e for e in exp}
+    check_rows(train, [by_id[r["extra_info"]["id"]] for r in train], "mmfinereason", "train")
+    check_rows(val, [by_id[r["extra_info"]["id"]] for r in val], "mmfinereason", "val")
+    again = run(tmp_path / "out2", "train", "--source", str(tmp_path / "src"), "--val-size", "3", "--seed", "7")
+    assert [(s["split"], s["written"]) for s in again] == [(s["split"], s["written"]) for s in summary]
+    assert [r["extra_info"]["id"] for r in read(tmp_path / "out2/train/val.parquet")] == [r["extra_info"]["id"] for r in val]
+    other = run(tmp_path / "out3", "train", "--source", str(tmp_path / "src"), "--val-size", "3", "--seed", "8")
+    assert other[1]["written"] == 3
+
+
+def test_limit_and_shards(tmp_path):
+    L.write_train_upstream(tmp_path / "src", n=10)
+    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--limit", "7", "--shard-size", "3")
+    names = sorted(p.name for p in (tmp_path / "out/train").iterdir())
+    assert names == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
+    counts = [pq.ParquetFile(tmp_path / "out/train" / n).metadata.num_rows for n in names]
+    assert counts == [3, 3, 1]
+    # a later run that fits one file replaces the shards (no stale shard left behind)
+    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--limit", "2", "--shard-size", "3")
+    assert sorted(p.name for p in (tmp_path / "out/train").iterdir()) == ["train.parquet"]
+
+
+def test_pixel_bounds_resize_with_smart_resize(tmp_path):
+    L.write_train_upstream(tmp_path / "src", n=1)  # an 8x6 image
+    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--min-pixels", str(64 * 64))
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(read(tmp_path / "out/train/train.parquet")[0]["images"][0]["bytes"]))
+    w, h = img.size
+    assert w % 32 == 0 and h % 32 == 0 and w * h >= 64 * 64 and abs(w / h - 8 / 6) < 0.5
+    run(tmp_path / "out2", "synthetic", "--synthetic-train-size", "5", "--synthetic-test-size", "0",
+        "--max-pixels", str(32 * 32))
+    for r in read(tmp_path / "out2/synthetic/train.parquet"):
+        for im in r["images"]:
+            assert Image.open(io.BytesIO(im["bytes"])).size == (32, 32)
+
+
+def test_custom_prompt_template(tmp_path):
+    L.write_wemath(tmp_path / "src")
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text("[{{ problem_type }}] {{ question }}{% for o in options %} ({{ letters[loop.index0] }}) {{ o }}{% endfor %}")
+    run(tmp_path / "out", "wemath", "--source", str(tmp_path / "src"), "--prompt-template", str(tpl))
+    rows = read(tmp_path / "out/wemath/testmini.parquet")
+    assert rows[1]["prompt"][0]["content"] == "[multiple choice] <image>\nWhich side is longest? (A) AB (B) BC"
+
+
+def test_verl_reads_the_rows(tmp_path):
+    """verl's own image helper accepts our image dicts (the geo3k format)."""
+    from verl.utils.dataset.vision_utils import process_image
+
+    L.write_mathvision(tmp_path / "src")
+    run(tmp_path / "out", "mathvision", "--source", str(tmp_path / "src"))
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out/mathvision/test.parquet"), split="train")
+    img = process_image(dict(ds[0]["images"][0]))
+    assert img.size[0] > 0 and ds[0]["reward_model"]["ground_truth"] == "D"
+
+
+def test_hub_source_fails_clearly_offline(tmp_path, monkeypatch, capsys):
+    """No hub here: offline mode (read by datasets at import, so set on its config) makes the
+    hub path fail at once instead of after network retries."""
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    from data_prep.build_parquet import main
+
+    assert main(["wemath", "--out-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'We-Math/We-Math'" in err and "local path" in err
+    assert not list(tmp_path.rglob("*.parquet"))

@@ -1,0 +1,197 @@
+"""Bad rows (error naming dataset, row and field, or a rejects file with --skip-bad), atomic output
+under interruption, and byte-identical re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.build_parquet import build, parse_args
+from data_prep.common import BadRow
+from fixtures import data_layouts as L
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(out, *argv):
+    return build(parse_args([*argv, "--out-dir", str(out), "--quiet"]))
+
+
+def good_paper_row(i, root):
+    L.save_png(root, f"imgs/{i}.png", i)
+    return {"id": f"r{i}", "problem": f"<image> q{i}", "answer": str(i), "images": [f"imgs/{i}.png"],
+            "problem_type": "math", "qwen3vl_235b_thinking_response": "t"}
+
+
+def write_jsonl(root: Path, rows):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+# (row overrides, field named in the error, words of the reason)
+BAD_TRAIN = {
+    "missing_file": ({"images": ["imgs/nope.png"]}, "images[0]", "cannot be read"),
+    "null_image": ({"images": [None]}, "images[0]", "missing"),
+    "corrupt_image": ("corrupt", "images[0]", "cannot be decoded"),
+    "empty_answer": ({"answer": "  "}, "answer", "empty"),
+    "null_answer": ({"answer": None}, "answer", "empty"),
+    "too_few_images": ({"problem": "<image> and <image>"}, "images", "1 image(s) but 2"),
+    "too_many_images": ({"problem": "no placeholder"}, "images", "1 image(s) but 0"),
+    "unknown_type": ({"problem_type": "essay"}, "problem_type", "unknown question type"),
+    "mc_answer_not_an_option": ({"problem_type": "multiple choice", "options": ["x", "y"], "answer": "z"},
+                                "answer", "neither an option letter"),
+    "mc_letter_out_of_range": ({"problem_type": "multiple choice", "options": ["x", "y"], "answer": "C"},
+                               "answer", "neither an option letter"),
+    "mc_without_options": ({"problem_type": "multiple choice"}, "options", "0 option"),
+    "missing_column": ("no_answer_column", "answer", "column 'answer' is missing"),
+}
+
+
+def make_bad(case, root):
+    row = good_paper_row(99, root)
+    change = BAD_TRAIN[case][0]
+    if change == "corrupt":
+        (root / "imgs/bad.png").write_bytes(L.png(5)[:40])  # truncated PNG
+        row["images"] = ["imgs/bad.png"]
+    elif change == "no_answer_column":
+        del row["answer"]
+    else:
+        row.update(change)
+    return row
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAIN))
+def test_bad_row_stops_with_dataset_row_and_field(tmp_path, case):
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(3)]
+    rows.insert(1, make_bad(case, src))
+    write_jsonl(src, rows)
+    with pytest.raises(BadRow) as ei:
+        run(tmp_path / "out", "train", "--source", str(src))
+    _, field, words = BAD_TRAIN[case]
+    msg = str(ei.value)
+    assert ei.value.dataset == "train" and ei.value.row_id == "r99" and ei.value.field == field
+    assert "train" in msg and "'r99'" in msg and f"'{field}'" in msg and words in msg
+    assert not list((tmp_path / "out").rglob("*.parquet")) and not list((tmp_path / "out").rglob(".*tmp*"))
+
+
+def test_skip_bad_writes_every_reject_with_its_reason(tmp_path):
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(3)]
+    bad = []
+    for case in sorted(BAD_TRAIN):
+        r = make_bad(case, src)
+        r["id"] = f"bad-{case}"
+        bad.append(r)
+    write_jsonl(src, rows[:1] + bad + rows[1:])
+    summary = run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
+    assert summary[0]["written"] == 3 and summary[0]["rejected"] == len(BAD_TRAIN)
+    assert sum(summary[0]["reasons"].values()) == len(BAD_TRAIN)
+    kept = pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()
+    assert [r["extra_info"]["id"] for r in kept] == ["r0", "r1", "r2"]
+    assert [r["extra_info"]["index"] for r in kept] == [0, 1, 2]
+    lines = [json.loads(x) for x in (tmp_path / "out/train/train.rejects.jsonl").read_text().splitlines()]
+    assert {rec["row_id"]: rec["field"] for rec in lines} == {f"bad-{c}": BAD_TRAIN[c][1] for c in BAD_TRAIN}
+    for rec in lines:
+        assert rec["dataset"] == "train" and rec["split"] == "train"
+        assert BAD_TRAIN[rec["row_id"][4:]][2] in rec["reason"]
+    # a clean re-run removes the stale rejects file
+    write_jsonl(src, rows)
+    run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
+    assert not (tmp_path / "out/train/train.rejects.jsonl").exists()
+
+
+def test_benchmark_specific_bad_rows(tmp_path):
+    # MMMU: a placeholder pointing at a null image column; an unknown question type
+    rows = [L.mmmu_row("m1", "see <image 2>", "['a', 'b']", "A", "multiple-choice", {1: L.png(1)}),
+            L.mmmu_row("m2", "<image 1>?", "['a', 'b']", "A", "essay", {1: L.png(1)})]
+    L.write_parquet(tmp_path / "mmmu/validation.parquet", rows, L.MMMU_SCHEMA)
+    s = run(tmp_path / "out", "mmmu", "--source", str(tmp_path / "mmmu"), "--skip-bad")
+    assert s[0]["written"] == 0 and s[0]["rejected"] == 2
+    rec = [json.loads(x) for x in (tmp_path / "out/mmmu/validation.rejects.jsonl").read_text().splitlines()]
+    assert [(r["row_id"], r["field"]) for r in rec] == [("m1", "image_2"), ("m2", "question_type")]
+    assert pq.ParquetFile(tmp_path / "out/mmmu/validation.parquet").metadata.num_rows == 0
+    # WeMath: an option string that cannot be split; ZeroBench: a null image in the list
+    (tmp_path / "wm").mkdir()
+    L.save_png(tmp_path / "wm", "i.png", 1)
+    (tmp_path / "wm/testmini.json").write_text(json.dumps([{"ID": "g", "key": "2steps_1", "question": "q",
+                                                             "option": "one, two", "answer": "A", "image_path": "i.png"}]))
+    with pytest.raises(BadRow, match=r"wemath \[testmini\] row 'g/2steps_1', field 'option'"):
+        run(tmp_path / "out", "wemath", "--source", str(tmp_path / "wm"))
+    L.write_parquet(tmp_path / "zb/z.parquet", [{"question_id": "7", "question_text": "q", "question_answer": "1",
+                                                 "question_images_decoded": [{"bytes": L.png(1), "path": None}, None],
+                                                 "question_images": []}], L.ZB_SCHEMA)
+    with pytest.raises(BadRow, match=r"row '7', field 'question_images_decoded\[1\]': image is missing"):
+        run(tmp_path / "out", "zerobench", "--source", str(tmp_path / "zb"))
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_arguments_give_identical_files(tmp_path):
+    L.write_mmmu(tmp_path / "mmmu")
+    for out in ("a", "b"):
+        run(tmp_path / out, "synthetic", "mmmu", "--mmmu-source", str(tmp_path / "mmmu"),
+            "--synthetic-train-size", "40", "--synthetic-test-size", "10", "--row-group-rows", "8")
+    a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    assert sorted(a) == ["mmmu/validation.parquet", "synthetic/test.parquet", "synthetic/train.parquet"]
+    assert a == b
+    run(tmp_path / "c", "synthetic", "--synthetic-train-size", "40", "--synthetic-test-size", "10",
+        "--row-group-rows", "8", "--seed", "1")
+    assert _digest(tmp_path / "c")["synthetic/train.parquet"] != a["synthetic/train.parquet"]
+
+
+def test_error_mid_write_leaves_no_finished_file(tmp_path):
+    """A bad row after several row groups were flushed: temporaries are removed, and an older
+    finished file of the same split is left untouched (never half-replaced)."""
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(40)]
+    write_jsonl(src, rows)
+    run(tmp_path / "out", "train", "--source", str(src), "--limit", "5")
+    before = (tmp_path / "out/train/train.parquet").read_bytes()
+    rows[30]["answer"] = ""
+    write_jsonl(src, rows)
+    with pytest.raises(BadRow):
+        run(tmp_path / "out", "train", "--source", str(src), "--row-group-rows", "4")
+    assert sorted(p.name for p in (tmp_path / "out/train").iterdir()) == ["train.parquet"]
+    assert (tmp_path / "out/train/train.parquet").read_bytes() == before
+
+
+def test_killed_run_leaves_no_finished_file(tmp_path):
+    """SIGKILL mid-run: only a hidden temporary (not named *.parquet) can remain."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "data_prep/build_parquet.py"), "synthetic", "--out-dir",
+                             str(out), "--synthetic-train-size", "100000", "--row-group-rows", "16", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            tmps = list((out / "synthetic").glob(".train-*.tmp-*")) if (out / "synthetic").exists() else []
+            if tmps and tmps[0].stat().st_size > 0:
+                break
+            assert proc.poll() is None, "the build ended before it could be interrupted"
+            time.sleep(0.1)
+        else:
+            pytest.fail("no temporary output appeared")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    names = [p.name for p in (out / "synthetic").iterdir()]
+    assert not [n for n in names if n.endswith(".parquet")], names
+    assert all(n.startswith(".") and ".tmp-" in n for n in names)
+    # the half-written temporary is not a readable parquet file
+    with pytest.raises(Exception):
+        pq.read_table(out / "synthetic" / names[0])

@@ -1,0 +1,101 @@
+"""verl's own trainer (main_ppo, V1) on CPU with the tiny Qwen3-VL: 2 steps of each method, then resume.
+
+Runs through ``verl_ext.cpu.launch`` (verl's entry point in a subprocess with the CPU config) and
+reads the metrics verl's file logger wrote. RLSD runs with ``lambda_init=0.4, decay_steps=4``, so by
+hand ``lambda(step s) = 0.4 * (1 - (s - 1) / 4)``: 0.4, 0.3, then 0.2 at step 3 after the resume.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from verl_ext.cpu.launch import METHODS, latest_checkpoint, read_metrics, run_training
+
+pytestmark = pytest.mark.e2e
+
+TEST_REWARD = Path(__file__).resolve().parent / "e2e_reward.py"
+TEACHER_METRIC = "teacher/logprob_gap_mean"
+LAMBDA_INIT, DECAY_STEPS = 0.4, 4
+COMMON = [
+    f"reward.custom_reward_function.path={TEST_REWARD}",
+    "reward.custom_reward_function.name=compute_score",
+    "trainer.save_freq=2",  # one checkpoint per run, at step 2 (RLSD resumes from it)
+    "+algorithm.teacher.success_threshold=0.5",  # sdpo: siblings scoring >= 0.5 count as successful
+    f"+algorithm.rlsd.lambda_init={LAMBDA_INIT}",
+    f"+algorithm.rlsd.decay_steps={DECAY_STEPS}",
+]
+
+
+def expected_lambda(step: int) -> float:
+    return LAMBDA_INIT * max(0.0, 1.0 - (step - 1) / DECAY_STEPS)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, synthetic_data_dir):
+    """Every method for 2 steps, then RLSD resumed from its step-2 checkpoint for step 3."""
+    work = tmp_path_factory.mktemp("e2e")
+    results = {}
+    for method in METHODS:
+        metrics, ckpt = run_training(method, work, tiny_model_dir, synthetic_data_dir, steps=2, extra=COMMON, timeout=900)
+        results[method] = (read_metrics(metrics), ckpt)
+    metrics, ckpt = run_training(
+        "rlsd", work, tiny_model_dir, synthetic_data_dir, steps=3, run_name="rlsd_resume",
+        extra=[*COMMON, "trainer.resume_mode=auto"], timeout=900,
+    )  # fmt: skip
+    results["rlsd_resume"] = (read_metrics(metrics), ckpt)
+    return results
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_steps_ran_with_finite_metrics(runs, method):
+    metrics, _ = runs[method]
+    assert sorted(metrics) == [1, 2]
+    for step, data in metrics.items():
+        assert data["training/global_step"] == step
+        for key in ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/step", "timing_s/gen"):
+            assert key in data, f"{method} step {step}: {key} missing"
+        bad = {k: v for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)}
+        assert not bad, f"{method} step {step}: non-finite metrics {bad}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_teacher_pass_only_for_teacher_methods(runs, method):
+    metrics, _ = runs[method]
+    for step, data in metrics.items():
+        if method == "grpo":
+            assert not any(k.startswith("teacher/") for k in data), f"grpo logged teacher metrics at step {step}"
+        else:
+            assert TEACHER_METRIC in data and "timing_s/teacher" in data, f"{method} step {step}: no teacher pass"
+
+
+def test_rlsd_lambda_follows_schedule(runs):
+    metrics, _ = runs["rlsd"]
+    for step in (1, 2):
+        assert metrics[step]["rlsd/lambda"] == pytest.approx(expected_lambda(step), abs=1e-9)
+        assert 0.0 <= metrics[step]["rlsd/weight_clip_frac"] <= 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_policy_weights_changed(runs, method, tiny_model_dir):
+    """Weight decay is 0 in the CPU config, so any change is a gradient step."""
+    from safetensors.torch import load_file
+
+    _, ckpt = runs[method]
+    final = ckpt / "global_step_2"  # (rlsd's folder also holds the resumed run's step 3)
+    assert final.is_dir()
+    before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    after = load_file(str(final / "actor" / "huggingface" / "model.safetensors"))
+    assert set(before) == set(after)
+    change = max(float((after[k].float() - before[k].float()).abs().max()) for k in before)
+    assert change > 1e-4, f"{method}: largest weight change {change}"
+
+
+def test_resume_restores_step_and_lambda(runs):
+    metrics, ckpt = runs["rlsd_resume"]
+    assert sorted(metrics) == [3], "the resumed run must continue at step 3, not restart at 1"
+    assert metrics[3]["training/global_step"] == 3
+    assert metrics[3]["rlsd/lambda"] == pytest.approx(expected_lambda(3), abs=1e-9)
+    assert latest_checkpoint(ckpt).name == "global_step_3"

@@ -1,0 +1,227 @@
+"""Run verl's own trainer (``python -m verl.trainer.main_ppo``) on CPU with the tiny Qwen3-VL.
+
+The CPU overrides are the Hydra config ``verl_ext/cpu/config/cpu_tiny.yaml``; this module only adds
+what changes per run (method, paths, steps), starts verl's entry point in a subprocess with
+``VERL_PLATFORM=cpu``, and reads back the metrics verl's file logger wrote (one JSON object per step,
+``{"step": s, "data": {...}}``).
+
+    python -m verl_ext.cpu.launch --method rlsd --workdir outputs/cpu [hydra overrides ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+CONFIG_NAME = "cpu_tiny"
+METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
+# verl_ext's trainer mode that adds the teacher pass; grpo runs on verl's default "sync" mode.
+TEACHER_MODE = "self_distill"
+
+# (label, metric key) printed per step; missing keys are shown as "-".
+STEP_COLUMNS = (
+    ("reward", "critic/score/mean"),
+    ("acc", "rollout/acc"),
+    ("lambda", "rlsd/lambda"),
+    ("clip", "rlsd/weight_clip_frac"),
+    ("clip_lo", "rlsd/weight_clip_low_frac"),
+    ("clip_hi", "rlsd/weight_clip_high_frac"),
+    ("gap", "teacher/logprob_gap_mean"),
+    ("pg_loss", "actor/pg_loss"),
+    ("grad", "actor/grad_norm"),
+    ("resp_len", "response_length/mean"),
+    ("step_s", "timing_s/step"),
+)
+
+
+def method_overrides(method: str) -> list[str]:
+    """Hydra overrides selecting ``method``: the estimator and the trainer mode it needs."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    mode = "sync" if method == "grpo" else TEACHER_MODE
+    return [f"algorithm.adv_estimator={method}", f"trainer.v1.trainer_mode={mode}"]
+
+
+def train_command(overrides: list[str], python: str = sys.executable) -> list[str]:
+    """verl's entry point with the CPU config and ``overrides`` (later overrides win)."""
+    return [
+        python, "-m", "verl.trainer.main_ppo",
+        "--config-path", str(CONFIG_DIR), "--config-name", CONFIG_NAME,
+        *overrides,
+    ]  # fmt: skip
+
+
+def train_env(metrics_path: str | os.PathLike, base: dict | None = None) -> dict:
+    """Environment for the trainer: the CPU platform and the file logger's output path.
+
+    ``VERL_PLATFORM`` must be set before verl resolves its platform in the driver; the Ray workers
+    receive it through ``ray_kwargs.ray_init.runtime_env`` in the config as well.
+    """
+    env = dict(os.environ if base is None else base)
+    env["VERL_PLATFORM"] = "cpu"
+    env["VERL_FILE_LOGGER_PATH"] = str(Path(metrics_path).resolve())
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    return env
+
+
+def run_training(
+    method: str,
+    workdir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    steps: int,
+    extra: list[str] = (),
+    run_name: str | None = None,
+    log_path: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> tuple[Path, Path]:
+    """Run ``steps`` training steps of ``method``; return (metrics JSONL path, checkpoint dir).
+
+    verl's output goes to ``log_path`` (default ``<workdir>/logs/<run>.log``); a non-zero exit raises
+    with the log's tail.
+    """
+    workdir = Path(workdir).resolve()
+    run_name = run_name or method
+    metrics = workdir / "metrics" / f"{run_name}.jsonl"
+    ckpt = workdir / "checkpoints" / method
+    log = Path(log_path) if log_path else workdir / "logs" / f"{run_name}.log"
+    for path in (metrics.parent, log.parent):
+        path.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir).resolve()
+    overrides = [
+        f"data.train_files={data_dir / 'synthetic' / 'train.parquet'}",
+        f"data.val_files={data_dir / 'synthetic' / 'test.parquet'}",
+        f"actor_rollout_ref.model.path={Path(model_dir).resolve()}",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.experiment_name={method}",
+        f"trainer.default_local_dir={ckpt}",
+        *method_overrides(method),
+        *extra,
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            train_command(overrides), env=train_env(metrics), cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        tail = "".join(open(log, errors="replace").readlines()[-40:])
+        raise RuntimeError(f"verl's trainer exited with {proc.returncode} (log: {log}):\n{tail}")
+    return metrics, ckpt
+
+
+def read_metrics(path: str | os.PathLike) -> dict[int, dict[str, float]]:
+    """Per-step metrics from verl's file logger: ``{step: {key: value}}`` (later lines of a step merge in)."""
+    steps: dict[int, dict[str, float]] = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                step, data = int(record["step"]), record["data"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a verl file-logger record ({e})") from e
+            steps.setdefault(step, {}).update(data)
+    return steps
+
+
+# The project's reward is (1 - w) * acc + w * format with w = 0.1 for math and acc otherwise
+# (verl_ext.reward.compute_score, no overlong penalty here), so score >= 0.5 exactly when acc = 1.
+ACC_THRESHOLD = 0.5
+
+
+def rollout_accuracy(rollout_dir: str | os.PathLike) -> dict[int, float]:
+    """Per-step training accuracy from verl's rollout dump (``trainer.rollout_data_dir``: ``<step>.jsonl``,
+    one line per response with its ``score``): the fraction of responses with ``score >= 0.5``."""
+    acc = {}
+    for path in Path(rollout_dir).glob("*.jsonl"):
+        scores = [json.loads(line)["score"] for line in open(path) if line.strip()]
+        if scores:
+            acc[int(path.stem)] = sum(s >= ACC_THRESHOLD for s in scores) / len(scores)
+    return acc
+
+
+def format_table(metrics: dict[int, dict[str, float]], columns=STEP_COLUMNS) -> str:
+    """One row per step with the columns of ``columns`` (a missing metric is '-')."""
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+            return str(value)
+        return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+    rows = [["step", *[label for label, _ in columns]]]
+    for step in sorted(metrics):
+        rows.append([str(step), *[cell(metrics[step].get(key)) for _, key in columns]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """``global_step_N`` folder named in verl's ``latest_checkpointed_iteration.txt``, if any."""
+    marker = Path(ckpt_dir) / "latest_checkpointed_iteration.txt"
+    if not marker.is_file():
+        return None
+    return Path(ckpt_dir) / f"global_step_{int(marker.read_text().strip())}"
+
+
+def mean_step_seconds(metrics: dict[int, dict[str, float]], skip_first: bool = True) -> float:
+    """Mean ``timing_s/step`` over the steps (the first, which includes warm-up, skipped if others exist)."""
+    steps = sorted(metrics)
+    if skip_first and len(steps) > 1:
+        steps = steps[1:]
+    return sum(metrics[s]["timing_s/step"] for s in steps) / len(steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default=os.environ.get("METHOD", "rlsd"), choices=METHODS)
+    parser.add_argument("--workdir", default="outputs/cpu")
+    parser.add_argument("--model-dir", default=None, help="tiny model (default: <workdir>/tiny_qwen3vl, built once)")
+    parser.add_argument("--data-dir", default=None, help="holds synthetic/{train,test}.parquet (default: <workdir>/data)")
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 4)))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for verl's trainer")
+    args = parser.parse_args(argv)
+
+    from verl_ext.tiny_model import build_tiny_qwen3vl
+
+    workdir = Path(args.workdir).resolve()
+    model_dir = Path(args.model_dir or workdir / "tiny_qwen3vl")
+    data_dir = Path(args.data_dir or workdir / "data")
+    build_tiny_qwen3vl(model_dir)
+    for split in ("train", "test"):
+        if not (data_dir / "synthetic" / f"{split}.parquet").is_file():
+            raise FileNotFoundError(f"{data_dir / 'synthetic' / f'{split}.parquet'} is missing (build_parquet.py synthetic)")
+    print(f"[{args.method}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (args.method + '.log')}")
+    start = time.time()
+    rollouts = workdir / "rollouts" / args.method
+    metrics_path, ckpt = run_training(
+        args.method, workdir, model_dir, data_dir, args.steps,
+        extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}",
+               f"trainer.rollout_data_dir={rollouts}", *args.overrides],
+    )  # fmt: skip
+    metrics = read_metrics(metrics_path)
+    for step, acc in rollout_accuracy(rollouts).items():
+        if step in metrics:
+            metrics[step]["rollout/acc"] = acc
+    print(format_table(metrics))
+    last = metrics[max(metrics)]
+    val = {k: v for k, v in last.items() if k.startswith("val-core/")}
+    print(f"\nsummary [{args.method}]: {len(metrics)} steps in {time.time() - start:.0f} s (Ray start and model load included)")
+    print(f"  seconds per step (after the first): {mean_step_seconds(metrics):.2f}")
+    for key, value in sorted(val.items()):
+        print(f"  {key}: {value:.4g}")
+    print(f"  metrics: {metrics_path}")
+    print(f"  checkpoint: {latest_checkpoint(ckpt) or ckpt}")
+
+
+if __name__ == "__main__":
+    main()

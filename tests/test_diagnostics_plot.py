@@ -147,3 +147,20 @@ def test_curves_from_verl_file_logger(tmp_path):
     log.write_text('{"step": 1, "data": {}}\n{"data": {}}\n')
     with pytest.raises(ValueError, match=r"rlsd\.jsonl:2: not a verl file-logger record"):
         read_metrics_jsonl(log)
+
+
+def test_curves_from_tensorboard_events(tmp_path):
+    # verl's tensorboard backend writes through torch's SummaryWriter, add_scalar(key, value, step)
+    from torch.utils.tensorboard import SummaryWriter
+
+    from verl_ext.diagnostics.render import read_tensorboard
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    for s in (1, 2):
+        writer.add_scalar("critic/score/mean", 0.25 * s, s)
+        writer.add_scalar("rlsd/lambda", 0.5 / s, s)
+    writer.close()
+    metrics = read_tensorboard(tmp_path / "tb")
+    assert metrics == {1: {"critic/score/mean": 0.25, "rlsd/lambda": 0.5}, 2: {"critic/score/mean": 0.5, "rlsd/lambda": 0.25}}
+    _, panels = plot_curves(metrics, tmp_path / "tb.png")
+    assert panels == ["reward", "lambda"]

@@ -44,19 +44,21 @@ class TrainerDiagnostics:
         pass's :class:`~verl_ext.privileged.StudentSample`); tensors ``[B, T]``. Returns ``diag/`` metrics."""
         if not self.config.leakage and not self.dumper.should_dump(step):
             return {}
-        mask = response_mask.bool()
         seq_adv = grpo_sequence_advantages(token_level_rewards, response_mask, uids, self.algorithm_config, self.estimator)
+        # rows verl added to fill the batch (is_padding) count in no metric and are dumped last
+        real = torch.tensor([not getattr(s, "is_padding", False) for s in samples])
+        real_mask = response_mask * real.unsqueeze(-1).to(response_mask.dtype)
+        valid = real if teacher_valid is None else real & teacher_valid.bool().cpu()
         ids = [list(s.response_ids) for s in samples]
-        truths = [s.ground_truth for s in samples]
+        truths = [s.ground_truth if keep else None for s, keep in zip(samples, real.tolist())]
         metrics: dict[str, float] = {}
         if self.config.leakage:
-            texts = self.tokenizer.batch_decode(
-                [row[: int(mask[i].sum())] for i, row in enumerate(ids)], skip_special_tokens=True
-            )
+            lengths = real_mask.sum(-1).long().tolist()
+            texts = self.tokenizer.batch_decode([row[:n] for row, n in zip(ids, lengths)], skip_special_tokens=True)
             metrics.update(answer_leak_metrics(texts, truths))
-            answer_mask = answer_token_masks(self.tokenizer, ids, response_mask, self.config.answer_window)
-            metrics.update(answer_token_metrics(teacher_log_probs, old_log_probs, response_mask, answer_mask, teacher_valid))
-            metrics.update(stability_metrics(advantages, seq_adv, teacher_log_probs, old_log_probs, response_mask))
+            answer_mask = answer_token_masks(self.tokenizer, ids, real_mask, self.config.answer_window)
+            metrics.update(answer_token_metrics(teacher_log_probs, old_log_probs, real_mask, answer_mask, valid))
+            metrics.update(stability_metrics(advantages, seq_adv, teacher_log_probs, old_log_probs, real_mask))
         clip_eps = None
         if self.estimator == "rlsd":
             clip_eps = float(section(self.algorithm_config, "rlsd", RLSD_DEFAULTS)["clip_eps"])
@@ -73,7 +75,7 @@ class TrainerDiagnostics:
             uids=[str(u) for u in uids],
             lam=lam,
             clip_eps=clip_eps,
-            teacher_valid=teacher_valid,
+            teacher_valid=valid,
             ground_truths=truths,
             data_sources=[(getattr(s, "extra_info", None) or {}).get("data_source") for s in samples],
         )

@@ -53,6 +53,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from verl_ext.algorithms.registry import TEACHER_ESTIMATORS, TEACHER_TRAINER_MODE
+from verl_ext.diagnostics import TrainerDiagnostics
 from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
 from verl_ext.trainer.schedule import TeacherSchedule
 from verl_ext.trainer.thought import thought_mask
@@ -352,6 +353,15 @@ class SelfDistillTrainer(PPOTrainerSync):
         metrics.update(estimator_metrics)
         metrics.update(teacher_gap_metrics(teacher_log_probs, old_log_probs, mask, teacher_valid))
         metrics.update(getattr(self, "_teacher_step_metrics", {}))
+        # Diagnostics (verl_ext.diagnostics): diag/ leakage and stability metrics, token-credit dumps.
+        if getattr(self, "_diagnostics", None) is None:
+            self._diagnostics = TrainerDiagnostics(self.config.algorithm, self.tokenizer, self.estimator)
+        metrics.update(self._diagnostics.step(
+            step=int(self.global_steps), samples=samples, response_mask=mask, old_log_probs=old_log_probs,
+            teacher_log_probs=teacher_log_probs, advantages=advantages, uids=data.non_tensor_batch["uid"],
+            token_level_rewards=data.batch["token_level_rewards"], teacher_valid=teacher_valid,
+            lam=estimator_metrics.get("rlsd/lambda"),
+        ))  # fmt: skip
 
         out_fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:

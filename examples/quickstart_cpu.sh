@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The embedded CPU default: verl's own trainer (python -m verl.trainer.main_ppo) for a few steps with a
+# The embedded CPU default: verl's own trainer (through recipe/main.py, the GPU recipes' entry point) for a few steps with a
 # tiny random Qwen3-VL on the synthetic data set.
 #   bash examples/quickstart_cpu.sh                 # RLSD, 4 steps
 #   bash examples/quickstart_cpu.sh grpo            # or METHOD=grpo; grpo | rlsd | opsd | sdpo | grpo_opsd
-#   bash examples/quickstart_cpu.sh rlsd trainer.total_training_steps=6 +algorithm.rlsd.lambda_init=0.3
+#   bash examples/quickstart_cpu.sh rlsd trainer.total_training_steps=6 algorithm.rlsd.lambda_init=0.3
 #   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
-# CPU overrides: verl_ext/cpu/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
+# CPU overrides: recipe/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

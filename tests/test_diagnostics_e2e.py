@@ -30,10 +30,10 @@ def test_rlsd_step_dumps_token_credit_and_plots(tmp_path, tiny_model_dir, synthe
             f"reward.custom_reward_function.path={TESTS / 'e2e_reward.py'}",  # non-zero group advantages
             "reward.custom_reward_function.name=compute_score",
             "trainer.save_freq=-1",
-            f"+algorithm.rlsd.clip_eps={CLIP_EPS}",
-            "+algorithm.diagnostics.dump_every=1",
-            "+algorithm.diagnostics.num_responses=3",
-            f"+algorithm.diagnostics.dir={dumps}",
+            f"algorithm.rlsd.clip_eps={CLIP_EPS}",
+            "algorithm.diagnostics.dump_every=1",
+            "algorithm.diagnostics.num_responses=3",
+            f"algorithm.diagnostics.dir={dumps}",
         ],
     )  # fmt: skip
     step = read_metrics(metrics_path)[1]

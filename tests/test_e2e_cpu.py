@@ -23,9 +23,9 @@ COMMON = [
     f"reward.custom_reward_function.path={TEST_REWARD}",
     "reward.custom_reward_function.name=compute_score",
     "trainer.save_freq=2",  # one checkpoint per run, at step 2 (RLSD resumes from it)
-    "+algorithm.teacher.success_threshold=0.5",  # sdpo: siblings scoring >= 0.5 count as successful
-    f"+algorithm.rlsd.lambda_init={LAMBDA_INIT}",
-    f"+algorithm.rlsd.decay_steps={DECAY_STEPS}",
+    "algorithm.teacher.success_threshold=0.5",  # sdpo: siblings scoring >= 0.5 count as successful
+    f"algorithm.rlsd.lambda_init={LAMBDA_INIT}",
+    f"algorithm.rlsd.decay_steps={DECAY_STEPS}",
 ]
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from verl_ext.cpu.launch import train_command
+
 from test_eval_command import make_fixtures
 from verl_ext.eval.scorers import score
 
@@ -31,8 +33,8 @@ def test_verl_validation_reports_per_benchmark_accuracy(tmp_path):
     make_fixtures(data)
     files = [str(data / b / f"{FILES[b]}.parquet") for b in BENCHES]
     metrics_file, dump = tmp_path / "metrics.jsonl", tmp_path / "dump"
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "examples" / "config"), "--config-name", "cpu_tiny",
+    cmd = train_command([
+        "algorithm.adv_estimator=grpo",
         f"data.train_files={files[0]}", f"data.val_files=[{','.join(files)}]", f"actor_rollout_ref.model.path={model}",
         "reward.custom_reward_function.path=pkg://verl_ext.eval.val_reward", "reward.custom_reward_function.name=compute_score",
         "trainer.val_only=True", "trainer.val_before_train=True", "trainer.logger=[console,file]",
@@ -40,7 +42,7 @@ def test_verl_validation_reports_per_benchmark_accuracy(tmp_path):
         "actor_rollout_ref.rollout.val_kwargs.do_sample=True", "actor_rollout_ref.rollout.val_kwargs.temperature=0.7",
         "actor_rollout_ref.rollout.val_kwargs.top_p=0.8", "actor_rollout_ref.rollout.val_kwargs.top_k=20",
         "data.max_response_length=8",
-    ]
+    ])
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "VERL_PLATFORM": "cpu"}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

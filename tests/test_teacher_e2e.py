@@ -18,13 +18,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CPU_CONFIG = ROOT / "examples" / "config" / "cpu_tiny.yaml"
+from verl_ext.cpu.launch import train_command
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not CPU_CONFIG.is_file(), reason="needs the CPU overrides (examples/config/cpu_tiny.yaml)"),
-]
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
 
 
 def _write_rows(out: Path) -> None:
@@ -65,14 +62,12 @@ def setup(tmp_path_factory):
 
 
 def _run(base: Path, model: Path, name: str, *overrides: str) -> list[dict[str, float]]:
-    cmd = [
-        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(CPU_CONFIG.parent),
-        "--config-name", "cpu_tiny",
+    cmd = train_command([
         f"data.train_files={base / 'train.parquet'}", f"data.val_files={base / 'test.parquet'}",
         f"actor_rollout_ref.model.path={model}", "reward.custom_reward_function.path=pkg://verl_ext.reward",
         "trainer.v1.trainer_mode=self_distill", f"trainer.default_local_dir={base / name}", "trainer.logger=[console]",
-        f"+algorithm.teacher.template={base / 'plain.jinja'}", *overrides,
-    ]
+        f"algorithm.teacher.template={base / 'plain.jinja'}", *overrides,
+    ])
     env = dict(os.environ, VERL_PLATFORM="cpu")
     proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
@@ -85,7 +80,7 @@ def _run(base: Path, model: Path, name: str, *overrides: str) -> list[dict[str, 
 
 def test_live_teacher_without_hint_reproduces_old_log_probs(setup):
     base, model = setup
-    steps = _run(base, model, "live", "algorithm.adv_estimator=opsd", "+algorithm.teacher.mode=live",
+    steps = _run(base, model, "live", "algorithm.adv_estimator=opsd", "algorithm.teacher.mode=live",
                  "trainer.total_training_steps=2")
     assert [s["training/global_step"] for s in steps] == [1, 2]
     for s in steps:
@@ -95,7 +90,7 @@ def test_live_teacher_without_hint_reproduces_old_log_probs(setup):
 
 def test_frozen_teacher_copy_sync_and_resume(setup):
     base, model = setup
-    common = ["algorithm.adv_estimator=rlsd", "+algorithm.teacher.sync_every=3", "trainer.save_freq=2",
+    common = ["algorithm.adv_estimator=rlsd", "algorithm.teacher.sync_every=3", "trainer.save_freq=2",
               "trainer.resume_mode=auto", "trainer.total_epochs=4"]  # 4 rows / 2 per step: 2 steps per epoch
     first = _run(base, model, "frozen", *common, "trainer.total_training_steps=2")
     assert [s["teacher/synced"] for s in first] == [0.0, 0.0]

@@ -13,7 +13,7 @@ piece                  verl extension point
 =====================  ===========================================================================
 
 The trainer-side settings (TransferQueue with one storage unit, logical GPUs for Ray, sdpa
-attention, fsdp2, ...) are Hydra overrides in ``examples/config/cpu_tiny.yaml``.
+attention, fsdp2, ...) are Hydra overrides in ``recipe/config/cpu_tiny.yaml``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Run verl's own trainer (``python -m verl.trainer.main_ppo``) on CPU with the tiny Qwen3-VL.
+"""Run verl's own trainer on CPU with the tiny Qwen3-VL, through the recipes' entry point.
 
-The CPU overrides are the Hydra config ``verl_ext/cpu/config/cpu_tiny.yaml``; this module only adds
-what changes per run (method, paths, steps), starts verl's entry point in a subprocess with
+The config is ``recipe/config/cpu_tiny.yaml`` (the GPU recipes' shared settings with CPU scale) and
+the entry point ``recipe/main.py`` (verl's ``run_ppo`` after our pre-flight checks), the same the GPU
+recipes use. This module only adds what changes per run (method, paths, steps), starts it in a
+subprocess with
 ``VERL_PLATFORM=cpu``, and reads back the metrics verl's file logger wrote (one JSON object per step,
 ``{"step": s, "data": {...}}``).
 
@@ -19,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipe"  # the repository's recipes (run from a clone)
+ENTRY_POINT = RECIPE_DIR / "main.py"
+CONFIG_DIR = RECIPE_DIR / "config"
 CONFIG_NAME = "cpu_tiny"
 METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
 # verl_ext's trainer mode that adds the teacher pass; grpo runs on verl's default "sync" mode.
@@ -50,12 +54,10 @@ def method_overrides(method: str) -> list[str]:
 
 
 def train_command(overrides: list[str], python: str = sys.executable) -> list[str]:
-    """verl's entry point with the CPU config and ``overrides`` (later overrides win)."""
-    return [
-        python, "-m", "verl.trainer.main_ppo",
-        "--config-path", str(CONFIG_DIR), "--config-name", CONFIG_NAME,
-        *overrides,
-    ]  # fmt: skip
+    """The recipes' entry point with the CPU config and ``overrides`` (later overrides win)."""
+    if not ENTRY_POINT.is_file():
+        raise FileNotFoundError(f"{ENTRY_POINT} not found: the CPU default runs from a clone of the repository")
+    return [python, str(ENTRY_POINT), "--config-name", CONFIG_NAME, *overrides]
 
 
 def train_env(metrics_path: str | os.PathLike, base: dict | None = None) -> dict:

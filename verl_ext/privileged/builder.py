@@ -151,13 +151,15 @@ class PrivilegedPromptBuilder:
     """Builds teacher inputs from student rows. ``tokenizer``/``processor`` are verl's (HF) ones.
 
     ``processor`` may be None for a text-only model; with a Qwen-VL processor loaded through verl's
-    ``hf_processor`` it carries the model's ``get_rope_index``.
+    ``hf_processor`` it carries the model's ``get_rope_index``. ``chat_template_kwargs``: verl's
+    ``data.apply_chat_template_kwargs``, so the teacher's chat rendering matches the student's.
     """
 
-    def __init__(self, tokenizer, processor, config: TeacherConfig):
+    def __init__(self, tokenizer, processor, config: TeacherConfig, chat_template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
         self.processor = processor
         self.config = config
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.template = load_template(config.template)
         self._chat = processor if processor is not None and hasattr(processor, "apply_chat_template") else tokenizer
         self.image_token = getattr(processor, "image_token", None) if processor is not None else None
@@ -221,7 +223,9 @@ class PrivilegedPromptBuilder:
 
     def render_prompt_ids(self, messages: list[dict], multi_modal_inputs: dict | None) -> list[int]:
         """Chat template + placeholder expansion (one pad token per merged patch) + tokenization."""
-        text = self._chat.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self._chat.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
         text = self._expand(text, self.image_token, (multi_modal_inputs or {}).get("image_grid_thw"), "image")
         text = self._expand(text, self.video_token, (multi_modal_inputs or {}).get("video_grid_thw"), "video")
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -233,7 +233,10 @@ class SelfDistillTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ teacher pass
     def _builder(self) -> PrivilegedPromptBuilder:
         if getattr(self, "_teacher_builder", None) is None:
-            self._teacher_builder = PrivilegedPromptBuilder(self.tokenizer, self.processor, self.teacher_config)
+            kwargs = self.config.data.get("apply_chat_template_kwargs", None) or {}
+            self._teacher_builder = PrivilegedPromptBuilder(
+                self.tokenizer, self.processor, self.teacher_config, chat_template_kwargs=dict(kwargs)
+            )
         return self._teacher_builder
 
     def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -248,6 +251,10 @@ class SelfDistillTrainer(PPOTrainerSync):
         response_masks = _rows(data["response_mask"], len(samples))
         teacher, hints, build_metrics = self._builder().build(samples, step=self.global_steps)
         metrics.update(build_metrics)
+        if not bool(hints.valid.any()):
+            # e.g. sdpo before any group has a success: no row gets a teacher signal, skip the forward
+            empty = [torch.zeros(len(s.response_ids)) for s in samples]
+            return torch.nested.as_nested_tensor(empty, layout=torch.jagged), hints.valid, samples
 
         rows, tags = [], []
         for t, mask in zip(teacher, response_masks):

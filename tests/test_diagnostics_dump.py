@@ -189,3 +189,27 @@ def test_config_checks():
         DiagnosticsConfig.from_config({"dump_evry": 1})
     with pytest.raises(ValueError, match="num_responses must be >= 0"):
         DiagnosticsConfig.from_config({"num_responses": -1})
+
+
+def test_rows_without_teacher_signal_stay_out_of_the_metrics(tokenizer, tmp_path):
+    ids, padded, mask, old, teacher, rewards = make_batch(tokenizer)
+    valid = torch.tensor([True, True, False, False])
+    teacher = (old + 0.5) * mask  # delta = +0.5 on every valid token of the valid rows
+    teacher[2:] = 0.0  # placeholder log-probs of rows without a teacher signal (what the trainer passes)
+    adv, _ = core_algos.get_adv_estimator_fn("sdpo")(
+        token_level_rewards=rewards, response_mask=mask, index=UIDS, config={},
+        teacher_log_probs=teacher, old_log_probs=old, global_step=1, teacher_valid=valid,
+    )  # fmt: skip
+    diag = TrainerDiagnostics({"diagnostics": {"dump_every": 1, "num_responses": 4, "dir": str(tmp_path)}}, tokenizer, "sdpo")
+    m = diag.step(
+        step=1, samples=[Sample(r, t) for r, t in zip(ids, TRUTHS)], response_mask=mask, old_log_probs=old,
+        teacher_log_probs=teacher, advantages=adv, token_level_rewards=rewards, uids=UIDS, teacher_valid=valid,
+    )  # fmt: skip
+    n0, n1 = len(ids[0]), len(ids[1])
+    # valid rows: row 0 (reward 1, A > 0) keeps the sign of +0.5, row 1 (reward 0, A < 0) is flipped
+    assert m["diag/token_adv_sign_flip_frac"] == pytest.approx(n1 / (n0 + n1))
+    assert m["diag/delta_abs_p99"] == pytest.approx(0.5, abs=1e-6)
+    assert m["diag/answer_token_teacher_excess"] == pytest.approx(0.5, abs=1e-6)
+    assert m["diag/answer_block_frac"] == pytest.approx(1.0)  # of the 2 valid rows
+    recs = read_records(tmp_path / "step_000001.jsonl")
+    assert [r.teacher_valid for r in recs] == [True, True, False, False]  # invalid rows dumped last

@@ -58,7 +58,9 @@ class TrainerDiagnostics:
             metrics.update(answer_leak_metrics(texts, truths))
             answer_mask = answer_token_masks(self.tokenizer, ids, real_mask, self.config.answer_window)
             metrics.update(answer_token_metrics(teacher_log_probs, old_log_probs, real_mask, answer_mask, valid))
-            metrics.update(stability_metrics(advantages, seq_adv, teacher_log_probs, old_log_probs, real_mask))
+            # rows without a teacher signal hold placeholder teacher log-probs and advantage 0
+            valid_mask = real_mask * valid.unsqueeze(-1).to(real_mask.dtype)
+            metrics.update(stability_metrics(advantages, seq_adv, teacher_log_probs, old_log_probs, valid_mask))
         clip_eps = None
         if self.estimator == "rlsd":
             clip_eps = float(section(self.algorithm_config, "rlsd", RLSD_DEFAULTS)["clip_eps"])

@@ -159,13 +159,15 @@ def stability_metrics(
     p99 = float(delta.abs().kthvalue(max(1, -(-99 * delta.numel() // 100))).values) if delta.numel() else 0.0
     a = seq_advantages.detach().float()
     nz = a != 0
-    spreads = []
-    for i in nz.nonzero().flatten().tolist():
-        row = advantages[i].detach().float()[m[i]]
-        if row.numel() > 1:
-            spreads.append(float(row.std(unbiased=False)) / abs(float(a[i])))
+    adv = advantages.detach().float()
+    mf = m.float()
+    n_row = mf.sum(-1)
+    mean = (adv * mf).sum(-1) / n_row.clamp(min=1)
+    std = (((adv - mean.unsqueeze(-1)) ** 2 * mf).sum(-1) / n_row.clamp(min=1)).sqrt()  # population std
+    rows = nz & (n_row > 1)
+    spreads = (std[rows] / a[rows].abs()).tolist()
     mm = m & nz.unsqueeze(-1)
-    flips = (torch.sign(advantages.detach().float()) != torch.sign(a).unsqueeze(-1)) & mm
+    flips = (torch.sign(adv) != torch.sign(a).unsqueeze(-1)) & mm
     n = int(mm.sum())
     return {
         "diag/delta_abs_p99": p99,

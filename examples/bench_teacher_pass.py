@@ -3,7 +3,7 @@
 Both passes are one no-grad forward of the same model over the same responses; the teacher's
 prompt is longer (hint + template) and the teacher pass also builds its inputs (template, tokenizer,
 M-RoPE ids). Prints wall time (median of repeats), their ratio (goal <= 1.3x) and peak memory
-(CUDA: max allocated; CPU: peak RSS growth during the pass, a coarse number).
+(CUDA: max allocated; CPU: peak resident memory above the start of the pass, sampled).
 
     python examples/bench_teacher_pass.py                    # tiny random Qwen3-VL on CPU
     python examples/bench_teacher_pass.py --full-size        # Qwen3-VL-8B config, random weights (GPU)
@@ -13,17 +13,37 @@ from __future__ import annotations
 
 import argparse
 import io
-import resource
 import statistics
 import tempfile
+import threading
 import time
 
 import torch
 from PIL import Image
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+class _PeakRSS:
+    """Peak resident memory above the starting point while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self):
+        import psutil
+
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self.base = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.mib = (self.peak - self.base) / 2**20
 
 
 def build(args):
@@ -87,33 +107,39 @@ def student_inputs(builder, rows):
     return out
 
 
-def timed(fn, repeats, device):
-    times, peaks = [], []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        rss0 = _rss_mb()
+def timed_once(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with _PeakRSS() as rss:
         t = time.perf_counter()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
-        else:
-            peaks.append(_rss_mb() - rss0)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), max(peaks)
+        elapsed = time.perf_counter() - t
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else rss.mib
+    return elapsed, peak
+
+
+def timed_pair(fn_a, fn_b, repeats, device):
+    """Alternate the two passes so that load from other processes hits both alike; medians, max peak."""
+    runs = {"a": [], "b": []}
+    for _ in range(repeats):
+        runs["a"].append(timed_once(fn_a, device))
+        runs["b"].append(timed_once(fn_b, device))
+    return [(statistics.median(t for t, _ in r), max(m for _, m in r)) for r in (runs["a"], runs["b"])]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-words", type=int, default=120)
-    p.add_argument("--response-tokens", type=int, default=256)
+    p.add_argument("--response-tokens", type=int, default=128)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--full-size", action="store_true")
+    p.add_argument("--teacher-first", action="store_true", help="run the teacher pass first in each pair")
     args = p.parse_args()
 
     from verl_ext.privileged import PrivilegedPromptBuilder, TeacherConfig
@@ -142,13 +168,15 @@ def main() -> None:
         builder.build(rows)
 
     old_pass(), teacher_pass()  # warm-up
-    t_old, m_old = timed(old_pass, args.repeats, device)
-    t_teacher, m_teacher = timed(teacher_pass, args.repeats, device)
-    t_build, _ = timed(build_only, args.repeats, device)
+    if args.teacher_first:
+        (t_teacher, m_teacher), (t_old, m_old) = timed_pair(teacher_pass, old_pass, args.repeats, device)
+    else:
+        (t_old, m_old), (t_teacher, m_teacher) = timed_pair(old_pass, teacher_pass, args.repeats, device)
+    t_build = statistics.median(timed_once(build_only, device)[0] for _ in range(args.repeats))
     teacher, _, _ = builder.build(rows)
     tok_old = sum(x[0].numel() for x in student)
     tok_teacher = sum(t.input_ids.numel() for t in teacher)
-    unit = "MiB CUDA (max allocated above baseline)" if device == "cuda" else "MiB peak RSS growth"
+    unit = "MiB CUDA (max allocated above baseline)" if device == "cuda" else "MiB peak RSS above the start (sampled)"
     print(f"device={device} model={'Qwen3-VL-8B config (random)' if args.full_size else 'tiny Qwen3-VL'} "
           f"batch={args.batch} tokens old={tok_old} teacher={tok_teacher} ({tok_teacher / tok_old:.2f}x)")
     print(f"old-log-prob pass : {t_old * 1e3:8.1f} ms   peak {m_old:8.1f} {unit}")

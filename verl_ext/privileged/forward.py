@@ -43,11 +43,12 @@ def response_log_probs(
         pos = pos.transpose(0, 1).contiguous()  # [4, B, L]
     mm = extract_multi_modal_inputs([m for m in multi_modal_inputs if m])
     mm.pop("images_seqlens", None)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **mm).logits.float()
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **mm).logits
     out = torch.zeros((bsz, max(response_lengths)), dtype=torch.float32)
     for b, r in enumerate(response_lengths):
         n = lengths[b]
-        targets = ids[b, n - r : n]
-        out[b, :r] = logp[b, n - r - 1 : n - 1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        targets = ids[b, n - r : n].to(logits.device)
+        # only the response rows go through log-softmax (the full [B, L, V] one would double the memory)
+        logp = torch.log_softmax(logits[b, n - r - 1 : n - 1].float() / temperature, dim=-1)
+        out[b, :r] = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
     return out

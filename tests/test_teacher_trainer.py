@@ -13,7 +13,6 @@ import types
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from tensordict import TensorDict
 
 from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
 from verl_ext.privileged.forward import response_log_probs

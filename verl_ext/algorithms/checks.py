@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -30,16 +30,13 @@ def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = No
         raise ValueError(f"{name} contains NaN or inf at row index(es) {shown} ({len(rows)} row(s) in all)")
 
 
-def section(config: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Read ``config.<name>`` (a dict, DictConfig or verl dataclass) merged over ``defaults``.
+def options(raw: Any, name: str, valid: Iterable[str]) -> dict[str, Any]:
+    """``algorithm.<name>`` (None, a dict or a DictConfig) as a plain dict.
 
-    An option not in ``defaults`` raises, listing the valid ones, so a typo is never ignored.
+    A key not in ``valid`` raises, listing the valid ones, so a typo is never ignored.
     """
-    raw: Any = None
-    if config is not None:
-        raw = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
     if raw is None:
-        return dict(defaults)
+        return {}
     try:
         from omegaconf import DictConfig, OmegaConf
 
@@ -49,11 +46,23 @@ def section(config: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, An
         pass
     if not isinstance(raw, Mapping):
         raise TypeError(f"algorithm.{name} must be a mapping of options, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(defaults))
+    valid = sorted(valid)
+    unknown = sorted(set(raw) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown option(s) algorithm.{name}.{', '.join(unknown)}; valid options: {', '.join(sorted(defaults))}"
+            f"unknown option(s) algorithm.{name}.{', '.join(unknown)}; valid options: {', '.join(valid)}"
         )
+    return dict(raw)
+
+
+def section(config: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Read ``config.<name>`` (a dict, DictConfig or verl dataclass) merged over ``defaults``.
+
+    An option not in ``defaults`` raises, listing the valid ones.
+    """
+    raw: Any = None
+    if config is not None:
+        raw = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
     out = dict(defaults)
-    out.update(raw)
+    out.update(options(raw, name, defaults))
     return out

@@ -30,11 +30,12 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from verl_ext.algorithms.checks import options
 from verl_ext.diagnostics.tokens import token_pieces
 
 FORMAT = "rlsd-verl/token-credit"
@@ -88,23 +89,7 @@ class DiagnosticsConfig:
     @classmethod
     def from_config(cls, raw: Any) -> "DiagnosticsConfig":
         """From a mapping / DictConfig / None; unknown keys and negative counts raise."""
-        if raw is None:
-            return cls()
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(raw, DictConfig):
-                raw = OmegaConf.to_container(raw, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
-        if not isinstance(raw, Mapping):
-            raise TypeError(f"algorithm.diagnostics must be a mapping, got {type(raw).__name__}")
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) algorithm.diagnostics.{', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
-            )
+        raw = options(raw, "diagnostics", cls.__dataclass_fields__)
         cfg = cls(**{k: v for k, v in raw.items() if v is not None})
         for name in ("dump_every", "num_responses", "answer_window"):
             if int(getattr(cfg, name)) < 0:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from verl_ext.algorithms.checks import options
+
 HINT_SOURCES = ("answer", "reference", "sibling")
 TEACHER_MODES = ("frozen", "live", "ema")
 SIBLING_PICKS = ("random", "shortest")
@@ -89,29 +91,8 @@ class TeacherConfig:
         seed: int | None = None,
     ) -> "TeacherConfig":
         """Merge ``raw`` (``algorithm.teacher``; nulls mean default) over the estimator's defaults."""
-        raw = _to_dict(raw)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - fields)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) algorithm.teacher.{', '.join(unknown)}; valid options: {', '.join(sorted(fields))}"
-            )
+        raw = options(raw, "teacher", (f.name for f in dataclasses.fields(cls)))
         hint, mode = ESTIMATOR_DEFAULTS.get(estimator, ("answer", "frozen"))
         values: dict[str, Any] = {"hint": hint, "mode": mode, "max_length": max_length, "seed": seed or 0}
         values.update({k: v for k, v in raw.items() if v is not None})
         return cls(**values)
-
-
-def _to_dict(raw: Any) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(raw, DictConfig):
-            raw = OmegaConf.to_container(raw, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(raw, Mapping):
-        raise TypeError(f"algorithm.teacher must be a mapping of options, got {type(raw).__name__}")
-    return dict(raw)

@@ -54,24 +54,29 @@ def _check_mask(response_mask: torch.Tensor) -> torch.Tensor:
     return response_mask.to(torch.float32)
 
 
-def _masked_delta(
-    teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, maskf: torch.Tensor
-) -> tuple[torch.Tensor, float]:
-    """``delta = teacher - old`` as float32, finite everywhere, and its masked sum.
-
-    Non-finite values at valid positions raise (naming tensor and rows); at masked-out positions
-    they are never read and are set to 0.
-    """
+def _check_log_probs(teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, maskf: torch.Tensor) -> None:
     check_shape("teacher_log_probs", teacher_log_probs, maskf.shape, "response_mask")
     check_shape("old_log_probs", old_log_probs, maskf.shape, "response_mask")
-    delta = teacher_log_probs.detach().float() - old_log_probs.detach().float()
-    total = torch.dot(delta.reshape(-1), maskf.reshape(-1))  # one pass; NaN/inf anywhere shows here
-    if not torch.isfinite(total):
-        check_finite("teacher_log_probs", teacher_log_probs, maskf)
-        check_finite("old_log_probs", old_log_probs, maskf)
-        delta = delta.masked_fill_(maskf == 0, 0.0)
-        total = torch.dot(delta.reshape(-1), maskf.reshape(-1))
-    return delta, float(total)
+
+
+def _delta(
+    teacher_log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    maskf: torch.Tensor,
+    out: torch.Tensor | None = None,
+    row_offset: int = 0,
+) -> torch.Tensor:
+    """``delta = teacher - old`` as float32 (into ``out`` if given), finite everywhere.
+
+    Non-finite values at valid positions raise, naming the tensor and its rows (counted from
+    ``row_offset``); at masked-out positions they are never read and are set to 0.
+    """
+    delta = torch.sub(teacher_log_probs.detach().float(), old_log_probs.detach().float(), out=out)
+    if not torch.isfinite(delta.sum()):  # one reduction; NaN/inf anywhere shows here
+        check_finite("teacher_log_probs", teacher_log_probs, maskf, row_offset=row_offset)
+        check_finite("old_log_probs", old_log_probs, maskf, row_offset=row_offset)
+        delta.masked_fill_(maskf == 0, 0.0)
+    return delta
 
 
 def _count(mask_f: torch.Tensor) -> int:
@@ -134,8 +139,7 @@ def rlsd_advantages(
         raise ValueError(f"rlsd_advantages: clip_eps must lie in [0, 1), got {clip_eps}")
     maskf = _check_mask(response_mask)
     adv = _seq_adv(seq_advantages, maskf)  # [B, 1]
-    check_shape("teacher_log_probs", teacher_log_probs, maskf.shape, "response_mask")
-    check_shape("old_log_probs", old_log_probs, maskf.shape, "response_mask")
+    _check_log_probs(teacher_log_probs, old_log_probs, maskf)
     # the reweighted tokens as a 0/1 float mask; the plain case reuses the response mask
     rwf = maskf
     if reweight_mask is not None:
@@ -154,11 +158,7 @@ def rlsd_advantages(
     for r0 in range(0, maskf.shape[0], rows):
         r = slice(r0, r0 + rows)
         m, rw, out = maskf[r], rwf[r], token_adv[r]
-        delta = torch.sub(teacher_log_probs[r].detach().float(), old_log_probs[r].detach().float(), out=out)
-        if not torch.isfinite(delta.sum()):  # NaN/inf anywhere in the block shows here
-            check_finite("teacher_log_probs", teacher_log_probs[r], m, row_offset=r0)
-            check_finite("old_log_probs", old_log_probs[r], m, row_offset=r0)
-            delta.masked_fill_(m == 0, 0.0)  # non-finite only where never read
+        delta = _delta(teacher_log_probs[r], old_log_probs[r], m, out=out, row_offset=r0)
         sums[0] += delta.mul_(rw).sum()
         count = rw.sum()
         sums[2] += count
@@ -210,7 +210,9 @@ def opsd_advantages(
     if teacher_valid is not None:
         check_shape("teacher_valid", teacher_valid, maskf.shape[:1], "response_mask rows")
         maskf = maskf * teacher_valid.to(torch.float32).unsqueeze(-1)
-    delta, delta_sum = _masked_delta(teacher_log_probs, old_log_probs, maskf)
+    _check_log_probs(teacher_log_probs, old_log_probs, maskf)
+    delta = _delta(teacher_log_probs, old_log_probs, maskf)
+    delta_sum = _dot(delta, maskf)
     n = _count(maskf)
     abs_sum = _dot(delta.abs(), maskf)
     token_adv = delta.mul_(maskf)
@@ -252,7 +254,9 @@ def grpo_opsd_advantages(
         raise ValueError(f"grpo_opsd_advantages: beta must be >= 0, got {beta}")
     maskf = _check_mask(response_mask)
     adv = _seq_adv(seq_advantages, maskf)
-    delta, delta_sum = _masked_delta(teacher_log_probs, old_log_probs, maskf)
+    _check_log_probs(teacher_log_probs, old_log_probs, maskf)
+    delta = _delta(teacher_log_probs, old_log_probs, maskf)
+    delta_sum = _dot(delta, maskf)
     n = _count(maskf)
     token_adv = delta.mul_(beta).add_(adv).mul_(maskf)
     metrics = {"delta_mean": _mean(delta_sum, n), "beta": float(beta)}

@@ -6,7 +6,12 @@ trainer registry. verl itself imports it through the ``verl.plugins``
 entry point (see :mod:`verl_ext.plugin`), so ``import verl`` is enough in every process.
 """
 
-# First: the CPU platform must be registered before anything resolves verl's platform.
+# Before anything imports verl's engines or platform: drop their import-time noise (verl_ext/quiet.py).
+from verl_ext import quiet as _quiet
+
+_quiet.install()
+
+# Then: the CPU platform must be registered before anything resolves verl's platform.
 from verl_ext import cpu  # noqa: F401  (CPU platform; active only with VERL_PLATFORM=cpu)
 from verl_ext import algorithms  # noqa: F401  (registers the estimators)
 from verl_ext import trainer  # noqa: F401  (registers the self_distill trainer mode)

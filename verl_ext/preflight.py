@@ -77,10 +77,35 @@ def check_verl(config: DictConfig) -> None:
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
 
 
+def check_attention(config: DictConfig, cuda: bool | None = None, flash_attn: bool | None = None) -> None:
+    """verl loads the actor with ``flash_attention_2`` unless told otherwise; without the flash-attn
+    package every worker fails at model load. Checked only where the driver sees a GPU (the recipes
+    run it on a training node); ``cuda`` and ``flash_attn`` override the detection."""
+    import importlib.util
+
+    import torch
+
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    override = config.actor_rollout_ref.model.get("override_config") or {}
+    impl = str(override.get("attn_implementation", "flash_attention_2"))
+    if not cuda or impl != "flash_attention_2":
+        return
+    if flash_attn is None:
+        flash_attn = importlib.util.find_spec("flash_attn") is not None
+    if not flash_attn:
+        raise ConfigError(
+            "actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2 needs the flash-attn "
+            "package, which is not installed: install it (bash scripts/setup_gpu.sh) or set the override to sdpa "
+            "(ATTN_IMPL=sdpa for the recipe scripts)"
+        )
+
+
 def preflight(config: DictConfig) -> None:
     """Run every check; raises :class:`ConfigError` (or verl's own assertion) on the first problem."""
     check_estimator(config)
     check_data_files(config)
+    check_attention(config)
     check_verl(config)
 
 

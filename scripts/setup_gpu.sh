@@ -71,7 +71,7 @@ case "$FLASH" in
     [ -n "$nvcc" ] || die "building flash-attn needs the CUDA ${torch_cuda%%.*} toolkit's nvcc (set CUDA_HOME or PATH); or --no-flash-attn, or --flash-attn-wheel URL"
     nvcc_ver="$("$nvcc" --version | sed -n 's/.*release \([0-9][0-9.]*\).*/\1/p')"
     [ "${nvcc_ver%%.*}" = "${torch_cuda%%.*}" ] || die "nvcc $nvcc is CUDA $nvcc_ver, torch is built with CUDA $torch_cuda: the major versions must match (set CUDA_HOME)"
-    export CUDA_HOME="${CUDA_HOME:-$(cd "$(dirname "$nvcc")/.." && pwd)}"
+    export CUDA_HOME="$(cd "$(dirname "$nvcc")/.." && pwd)"  # the toolkit of the nvcc just checked
     command -v "${CXX:-c++}" >/dev/null 2>&1 || die "building flash-attn needs a C++ compiler (apt install g++)"
     "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
       || die "building flash-attn needs Python's headers (apt install python${pyver}-dev)"

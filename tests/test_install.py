@@ -22,7 +22,7 @@ NOISE = ("engine is not available", "No supported accelerator detected", "Fallin
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "PYTHONWARNINGS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "PYTHONWARNINGS", "TQ_NUM_THREADS")}
     env.update(extra)
     return env
 
@@ -53,6 +53,18 @@ def test_other_warnings_still_reach_the_user():
     assert out.returncode == 0, out.stderr
     assert "a real warning" in out.stderr and "platform problem" in out.stderr
     assert "engine is not available" not in out.stderr
+
+
+def test_transfer_queue_threads_default_to_the_core_count_it_would_clamp_to():
+    import psutil
+
+    code = "import os, verl_ext; print(os.environ.get('TQ_NUM_THREADS'))"
+    cores = psutil.cpu_count(logical=False)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env())
+    assert out.stdout.strip() == (str(cores) if cores < quiet.TQ_DEFAULT_THREADS else "None")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=_env(TQ_NUM_THREADS="5"))
+    assert out.stdout.strip() == "5"  # the user's setting wins
 
 
 def test_platform_fallback_is_kept_where_a_device_node_exists(tmp_path, monkeypatch):

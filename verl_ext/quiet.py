@@ -6,6 +6,11 @@
   'nvidia' (and that the platform is not available). Our CPU runs select ``VERL_PLATFORM=cpu``
   explicitly; anything else on such a machine (the eval command, data tools) never touches a device.
   Where a GPU device node exists, the same messages point at a broken driver and are kept.
+- TransferQueue asks for 8 threads per data operation (``TQ_NUM_THREADS``) and, on a machine with
+  fewer physical cores, warns and uses the core count, on every put and get of every actor (over a
+  hundred lines per CPU run). We default ``TQ_NUM_THREADS`` to that same core count before Ray starts
+  its workers (they inherit the driver's environment), so the behaviour is unchanged; a value set by
+  the user is kept.
 
 Every other warning passes through unchanged.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import warnings
 
 UNUSED_ENGINES = ("torchtitan", "veomni", "automodel", "mindspeed", "megatron")
@@ -46,3 +52,15 @@ def install() -> None:
     )
     if no_accelerator_device():
         logging.getLogger(PLATFORM_LOGGER).addFilter(_PlatformFallbackFilter())
+    _default_transfer_queue_threads()
+
+
+TQ_DEFAULT_THREADS = 8  # transfer_queue's default for TQ_NUM_THREADS
+
+
+def _default_transfer_queue_threads() -> None:
+    import psutil
+
+    cores = psutil.cpu_count(logical=False)
+    if cores and cores < TQ_DEFAULT_THREADS:
+        os.environ.setdefault("TQ_NUM_THREADS", str(cores))

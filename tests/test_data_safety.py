@@ -264,3 +264,33 @@ def test_over_long_prompt_is_counted_or_rejected(tmp_path):
     assert (summary[0]["written"], summary[0]["rejected"]) == (2, 1)
     rec = json.loads((tmp_path / "out/train/train.rejects.jsonl").read_text())
     assert rec["row_id"] == "r1" and rec["field"] == "prompt" and "over --max-prompt-tokens 4096" in rec["reason"]
+
+
+# ---------------------------------------------------------------- the evaluation command's inputs
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_eval_rejects_non_positive_limits(limit, capsys):
+    from verl_ext.eval.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "m", "--data-dir", "d", "--out-dir", "o", "--limit", limit])
+    assert "must be a positive number of rows" in capsys.readouterr().err
+
+
+def test_eval_failed_start_leaves_no_run_json(tmp_path):
+    """No benchmark folder: the run stops before anything is written, so another --model can use
+    the same out-dir afterwards."""
+    from verl_ext.eval.protocol import load_protocol
+    from verl_ext.eval.runner import run as eval_run
+
+    def never():
+        raise AssertionError("no backend is built for a run that cannot start")
+
+    kw = dict(backend_factory=never, backend_name="hf", data_dir=tmp_path / "missing", benchmarks=["mmmu"],
+              out_dir=tmp_path / "out", protocol=load_protocol("default", None, {}))
+    with pytest.raises(Exception, match="missing"):
+        eval_run(model="model-a", **kw)
+    assert not (tmp_path / "out" / "run.json").exists()
+    with pytest.raises(Exception, match="missing"):
+        eval_run(model="model-b", **kw)  # the same error, not "written by a different setup"
+    with pytest.raises(ValueError, match="positive"):
+        eval_run(model="model-b", limit=0, **kw)

@@ -360,9 +360,12 @@ def _qwen_tokenizer():
     return AutoTokenizer.from_pretrained(str(Path(spec.submodule_search_locations[0]) / "tokenizer_files"))
 
 
-def image_tokens(width: int, height: int) -> int:
+def image_tokens(width: int, height: int, exact: bool = True) -> int:
     """Visual tokens Qwen3-VL gives an image of this size (32x32 pixels per token after its own
-    smart_resize), plus its vision start/end tokens."""
+    smart_resize), plus its vision start/end tokens. ``exact=False``: a cheap upper bound (sides
+    rounded up), which needs no qwen-vl-utils (and so no torch) import."""
+    if not exact:
+        return -(-height // IMAGE_FACTOR) * -(-width // IMAGE_FACTOR) + 2
     from qwen_vl_utils.vision_process import smart_resize
 
     h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=IMAGE_FACTOR * IMAGE_FACTOR,
@@ -382,7 +385,7 @@ class PromptBudget:
         n = CHAT_OVERHEAD_TOKENS
         for im in row["images"]:
             w, h = Image.open(io.BytesIO(im["bytes"])).size
-            n += image_tokens(w, h)
+            n += image_tokens(w, h, exact)
         text = row["prompt"][0]["content"].replace(IMAGE_TOKEN, "")
         tok = _qwen_tokenizer() if exact else None
         if tok is None:

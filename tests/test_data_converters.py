@@ -356,3 +356,15 @@ def test_row_count_mismatch_is_warned(tmp_path, capsys):
     assert "mmmu/validation: 3 rows read, 900 expected" in err
     summary = run(tmp_path / "out", "mmmu", "--source", str(tmp_path / "src"), "--limit", "2")
     assert summary[0]["expected_rows"] == 900 and not summary[0]["count_mismatch"]  # --limit: a partial run
+
+
+def test_image_token_counts():
+    """Qwen3-VL: one token per 32x32 pixels after its own smart_resize, plus vision start/end; the
+    cheap bound used to skip exact counting is never below the exact count."""
+    from data_prep.common import image_tokens
+
+    assert image_tokens(512, 512) == 16 * 16 + 2
+    assert image_tokens(1024, 1024) == 32 * 32 + 2
+    assert image_tokens(100, 60) == 3 * 2 + 2  # sides rounded to the nearest multiple of 32
+    for w, h in [(1, 1), (33, 33), (47, 3000), (2048, 1536), (4000, 3999), (100, 60)]:
+        assert image_tokens(w, h, exact=False) >= image_tokens(w, h), (w, h)

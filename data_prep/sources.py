@@ -2,8 +2,10 @@
 parquet files, JSON/JSONL files, or a directory of those) or a hub id (``datasets`` streaming).
 
 Every reader yields plain dicts with images left undecoded (``{"bytes", "path"}`` structs), a
-batch of at most ``BATCH_ROWS`` rows in memory at a time (a plain JSON list file is the exception:
-it is parsed whole, so use JSONL or parquet for large sets).
+batch of at most ``BATCH_ROWS`` rows in memory at a time. A JSON file is streamed too: a list of rows
+(or ``{"data": [...]}``) through ``ijson``, and JSON Lines content is read line by line whatever the
+file is called. A JSON Lines line that is not UTF-8 or not JSON is yielded as a ``SourceRowError``
+(the build names file and line, and ``--skip-bad`` rejects just that row).
 """
 
 from __future__ import annotations
@@ -22,14 +24,23 @@ class SourceError(Exception):
     """The source cannot be read at all (not a row problem)."""
 
 
+class SourceRowError:
+    """Stands in for a row of a JSON Lines file that cannot be decoded (``where``: file:line)."""
+
+    def __init__(self, where: str, reason: str):
+        self.where, self.reason = where, reason
+
+
 @dataclass
 class RowStream:
     """Rows of one split: ``rows()`` yields ``(base_dir, row)``; ``total`` is the row count when
-    known without reading the rows (used for progress and the held-out slice)."""
+    known without reading the rows (used for progress and the held-out slice); ``count()``, when
+    given, finds it by streaming through the files once."""
 
     rows: Callable[[], Iterator[tuple[str | None, dict]]]
     total: int | None
     description: str
+    count: Callable[[], int] | None = None
 
 
 def _is_saved_dataset(d: Path) -> bool:
@@ -64,37 +75,97 @@ def _parquet_rows(files: list[Path]):
     return gen
 
 
+def _json_kind(f: Path) -> str:
+    """``lines`` (JSON Lines, whatever the suffix), ``array`` (a list of rows) or ``data`` (an object
+    whose ``data`` key holds the rows)."""
+    if f.suffix == ".jsonl":
+        return "lines"
+    with open(f, "rb") as fh:
+        head = fh.read(4096).lstrip()
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:].lstrip()
+        if head.startswith(b"["):
+            return "array"
+        if not head.startswith(b"{"):
+            raise SourceError(f"{f}: neither a JSON list of rows nor JSON Lines (starts with {head[:20]!r})")
+        fh.seek(0)
+        first = fh.readline()
+        try:
+            obj = json.loads(first)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "data"  # one object spread over several lines
+        rest = b""
+        while not rest:
+            line = fh.readline()
+            if not line:
+                break
+            rest = line.strip()
+    if rest or not (isinstance(obj, dict) and isinstance(obj.get("data"), list)):
+        return "lines"
+    return "data"
+
+
+def _lines(f: Path):
+    with open(f, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield SourceRowError(f"{f}:{n}", f"{f} line {n} is not UTF-8 text "
+                                                 f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+            try:
+                yield json.loads(text)
+            except json.JSONDecodeError as e:
+                yield SourceRowError(f"{f}:{n}", f"{f} line {n} is not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _items(f: Path, kind: str):
+    import ijson
+
+    prefix = "item" if kind == "array" else "data.item"
+    n = 0
+    with open(f, "rb") as fh:
+        try:
+            for row in ijson.items(fh, prefix, use_float=True):
+                n += 1
+                yield row
+        except (ijson.JSONError, UnicodeDecodeError, ValueError) as e:
+            raise SourceError(f"{f}: not valid JSON after its row {n} ({type(e).__name__}: {e}); "
+                              "fix the file, or write it as JSON Lines (one row per line) so that "
+                              "--skip-bad can reject single bad rows") from None
+    if n == 0 and kind == "data":
+        raise SourceError(f"{f}: expected a JSON list of rows, an object with a 'data' list, or JSON Lines")
+
+
 def _json_rows(files: list[Path]):
     def gen():
         for f in files:
-            if f.suffix == ".jsonl":
-                with open(f, encoding="utf-8") as fh:
-                    for n, line in enumerate(fh, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            yield str(f.parent), json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise SourceError(f"{f}: line {n} is not valid JSON ({e})") from None
-            else:
-                with open(f, encoding="utf-8") as fh:
-                    data = json.load(fh)
-                if isinstance(data, dict) and isinstance(data.get("data"), list):
-                    data = data["data"]
-                if not isinstance(data, list):
-                    raise SourceError(f"{f}: expected a JSON list of rows")
-                for row in data:
-                    yield str(f.parent), row
+            kind = _json_kind(f)
+            rows = _lines(f) if kind == "lines" else _items(f, kind)
+            for row in rows:
+                yield str(f.parent), row
     return gen
 
 
-def _json_count(files: list[Path]) -> int | None:
+def _json_count(files: list[Path]) -> int:
+    """Rows of the files, by streaming through them (bounded memory)."""
+    import ijson
+
     n = 0
     for f in files:
-        if f.suffix != ".jsonl":
-            return None
-        with open(f, encoding="utf-8") as fh:
-            n += sum(1 for line in fh if line.strip())
+        kind = _json_kind(f)
+        if kind == "lines":
+            with open(f, "rb") as fh:
+                n += sum(1 for line in fh if line.strip())
+        else:
+            with open(f, "rb") as fh:
+                try:
+                    n += sum(1 for _ in ijson.items(fh, "item" if kind == "array" else "data.item"))
+                except (ijson.JSONError, UnicodeDecodeError, ValueError) as e:
+                    raise SourceError(f"{f}: not valid JSON ({type(e).__name__}: {e})") from None
     return n
 
 
@@ -148,8 +219,42 @@ def open_local(path: str | os.PathLike, split: str | None) -> RowStream:
         return RowStream(_parquet_rows(parquet), total, f"{len(parquet)} parquet file(s) at {root}")
     js = _pick_split([f for f in files if f.suffix in (".json", ".jsonl")], root, split)
     if js:
-        return RowStream(_json_rows(js), _json_count(js), f"{len(js)} JSON file(s) at {root}")
+        return RowStream(_json_rows(js), None, f"{len(js)} JSON file(s) at {root}", count=lambda: _json_count(js))
     raise SourceError(f"{root}: no saved dataset, parquet, JSON or JSONL files found")
+
+
+_VAL_NAME = re.compile(r"(^|[_\-.])(val|valid|validation|dev)([_\-.]|$)")
+_TRAIN_NAME = re.compile(r"(^|[_\-.])train([_\-.]|$)")
+_META_NAMES = {"dataset_info.json", "dataset_dict.json", "state.json"}
+
+
+def json_split_files(path: str | os.PathLike) -> tuple[Path, Path | None] | None:
+    """The training file and the validation file (or None) of a folder of JSON/JSONL files, e.g. the
+    release (``MMFineReason_data_with_conclusion.json`` + ``vl_math_val_mini_data.json``) or
+    ``train.jsonl`` + ``val.jsonl``. A file whose name has a ``val``/``valid``/``validation``/``dev``
+    token is the validation file. None when ``path`` is not such a folder (a file, a saved dataset,
+    parquet). SourceError, listing the candidates, when the files cannot be told apart."""
+    root = Path(path)
+    if not root.is_dir() or _is_saved_dataset(root):
+        return None
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file()
+                   and not p.name.startswith(".") and p.name not in _META_NAMES)
+    if not files or any(p.suffix == ".parquet" for p in root.rglob("*.parquet")):
+        return None
+    val = [f for f in files if _VAL_NAME.search(f.stem.lower())]
+    train = [f for f in files if f not in val]
+    named = [f for f in train if _TRAIN_NAME.search(f.stem.lower())]
+    if len(train) > 1 and len(named) == 1:
+        train = named
+    rel = lambda fs: ", ".join(str(f.relative_to(root)) for f in fs)  # noqa: E731
+    if len(train) != 1:
+        raise SourceError(f"{root}: cannot tell which JSON file holds the training rows "
+                          f"({rel(train) if train else 'none besides ' + rel(val)}); pass the file itself "
+                          "as --source, or keep one training file (plus one validation file) in the folder")
+    if len(val) > 1:
+        raise SourceError(f"{root}: several validation files ({rel(val)}); keep one, or pass the training "
+                          "file itself as --source")
+    return train[0], (val[0] if val else None)
 
 
 def open_hub(repo_id: str, split: str, configs: list[str | None] | None = None) -> RowStream:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
 from data_prep.build_parquet import build, parse_args
+from data_prep.sources import SourceError
 from fixtures import data_layouts as L
 
 FORMAT = ("Format: You FIRST think about the reasoning process as an internal monologue enclosed within "
@@ -13,7 +16,10 @@ FORMAT = ("Format: You FIRST think about the reasoning process as an internal mo
 
 
 def run(out, *argv):
-    return build(parse_args([*argv, "--out-dir", str(out), "--quiet"]))
+    """build_parquet on a fixture; tiny fixture images stay as they are (byte-exact checks) unless
+    the call names a pixel clamp (the default clamp has its own test)."""
+    clamp = [] if any(a in argv for a in ("--min-pixels", "--max-pixels")) else ["--no-pixel-clamp"]
+    return build(parse_args([*argv, *clamp, "--out-dir", str(out), "--quiet"]))
 
 
 def read(path):
@@ -210,3 +216,155 @@ def test_problem_types_agree_with_the_reward():
     assert common.PROBLEM_TYPES == PROBLEM_TYPES
     for spelling, canonical in common._TYPE_SPELLINGS.items():
         assert normalize_problem_type(spelling) == canonical
+
+
+# ---------------------------------------------------------------- the release's own layout
+def test_release_folder_gives_train_and_val_from_their_own_files(tmp_path):
+    exp_train, exp_val = L.write_train_release(tmp_path / "src")
+    summary = run(tmp_path / "out", "train", "--source", str(tmp_path / "src"))
+    assert {s["split"]: s["written"] for s in summary} == {"train": 6, "val": 2}
+    train = read(tmp_path / "out/train/train.parquet")
+    val = read(tmp_path / "out/train/val.parquet")
+    check_rows(train, exp_train, "mmfinereason", "train")
+    check_rows(val, exp_val, "mmfinereason", "val")  # images read from val_data_image.zip
+    # the embedded options are printed once, by the question itself
+    mc = train[1]["prompt"][0]["content"]
+    assert mc.count("A. red") == 1 and mc.count("C. green") == 1
+    assert train[0]["extra_info"]["qwen3vl_235b_thinking_response"] == L.TRACE
+    # the folder has its own validation file: holding out training rows too would be a surprise
+    with pytest.raises(SourceError, match="has its own validation file"):
+        run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--val-size", "2")
+
+
+def test_train_and_val_jsonl_layout(tmp_path):
+    """The released scripts' data/train.jsonl + data/val.jsonl."""
+    exp_train, exp_val = L.write_train_release(tmp_path / "src")
+    src = tmp_path / "src"
+    for name, out in ((L.RELEASE_TRAIN_FILE, "train.jsonl"), (L.RELEASE_VAL_FILE, "val.jsonl")):
+        rows = json.loads((src / name).read_text())
+        (src / name).unlink()
+        (src / out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run(tmp_path / "out", "train", "--source", str(src))
+    assert {s["split"]: s["written"] for s in summary} == {"train": 6, "val": 2}
+    check_rows(read(tmp_path / "out/train/val.parquet"), exp_val, "mmfinereason", "val")
+
+
+def test_val_size_on_a_json_list_counts_by_streaming(tmp_path):
+    exp_train, _ = L.write_train_release(tmp_path / "src")
+    src = tmp_path / "src"
+    (src / L.RELEASE_VAL_FILE).unlink()
+    summary = run(tmp_path / "out", "train", "--source", str(src), "--val-size", "2", "--seed", "3")
+    assert {s["split"]: s["written"] for s in summary} == {"train": 4, "val": 2}
+    ids = [r["extra_info"]["id"] for r in read(tmp_path / "out/train/train.parquet")]
+    ids += [r["extra_info"]["id"] for r in read(tmp_path / "out/train/val.parquet")]
+    assert sorted(ids) == sorted(e["id"] for e in exp_train)  # every row exactly once
+    # the same on the file itself
+    summary = run(tmp_path / "out2", "train", "--source", str(src / L.RELEASE_TRAIN_FILE), "--val-size", "2",
+                  "--seed", "3")
+    assert {s["split"]: s["written"] for s in summary} == {"train": 4, "val": 2}
+
+
+def test_folder_with_undistinguishable_files_is_an_error_listing_them(tmp_path):
+    L.write_train_release(tmp_path / "src")
+    src = tmp_path / "src"
+    (src / "extra_rows.json").write_text((src / L.RELEASE_TRAIN_FILE).read_text())
+    with pytest.raises(SourceError) as ei:
+        run(tmp_path / "out", "train", "--source", str(src))
+    assert L.RELEASE_TRAIN_FILE in str(ei.value) and "extra_rows.json" in str(ei.value)
+    (src / "extra_rows.json").unlink()
+    (src / "dev_rows.json").write_text("[]")
+    with pytest.raises(SourceError, match="several validation files"):
+        run(tmp_path / "out", "train", "--source", str(src))
+
+
+def test_options_are_printed_once(tmp_path):
+    src = tmp_path / "src"
+    L.save_png(src, "i/0.png", 1)
+    rows = [
+        {"id": "prefixed", "problem": "<image>Pick one.", "options": ["A. red", "B. blue"], "answer": "B",
+         "images": ["i/0.png"], "problem_type": "multiple choice"},
+        {"id": "both", "problem": "<image>Pick one.\n(A) red\n(B) blue", "options": ["red", "blue"], "answer": "blue",
+         "images": ["i/0.png"], "problem_type": "multiple choice"},
+    ]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(tmp_path / "out", "train", "--source", str(src))
+    out = read(tmp_path / "out/train/train.parquet")
+    c0, c1 = (r["prompt"][0]["content"] for r in out)
+    assert "A. red\nB. blue" in c0 and "A. A." not in c0 and out[0]["extra_info"]["options"] == ["red", "blue"]
+    assert c1.count("red") == 1 and out[1]["extra_info"]["options"] == [] and out[1]["reward_model"]["ground_truth"] == "B"
+
+
+def test_released_template_variables(tmp_path):
+    """A template written as the released unified.jinja reads its variables: problem / content for
+    the question, problem_type in the released spelling, options."""
+    exp_train, _ = L.write_train_release(tmp_path / "src")
+    tpl = tmp_path / "released_like.jinja"
+    tpl.write_text(
+        "{%- if problem is defined -%}{%- set question = problem -%}{%- else -%}{{ 1 / 0 }}{%- endif -%}"
+        "{%- set ptype = problem_type | lower | trim -%}"
+        "{%- set opts = options if options is defined and options | length > 0 else [] -%}"
+        "[{{ ptype }}|{{ content == problem }}] {{ question | trim }}{% for o in opts %} / {{ o }}{% endfor %}")
+    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--prompt-template", str(tpl))
+    rows = read(tmp_path / "out/train/train.parquet")
+    assert rows[0]["prompt"][0]["content"] == "[math|True] <image>Find the angle x."
+    assert rows[3]["prompt"][0]["content"] == "[ocr|True] <image>What is written on the sign?"
+    assert rows[4]["prompt"][0]["content"].startswith("[open-ended|True] <image><image>Describe")
+
+
+def test_paper_pixel_clamp_is_the_default(tmp_path):
+    """Every image ends within the released code's 262144..1048576 pixels, so Qwen3-VL gives it
+    256..1024 visual tokens (32x32 pixels each); the values are in the parquet metadata."""
+    import io
+
+    from PIL import Image
+
+    src = tmp_path / "src"
+    sizes = {"big": (2400, 1800), "small": (120, 90), "mid": (640, 480)}
+    for name, size in sizes.items():
+        (src / "i").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (10, 200, 30)).save(src / "i" / f"{name}.png")
+    rows = [{"id": n, "problem": "<image>Q", "answer": "1", "images": [f"i/{n}.png"], "problem_type": "math"}
+            for n in sizes]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "out"), "--quiet"]))
+    assert (summary[0]["min_pixels"], summary[0]["max_pixels"]) == (262144, 1048576)
+    path = tmp_path / "out/train/train.parquet"
+    meta = json.loads(pq.read_schema(path).metadata[b"rlsd_verl.images"])
+    assert meta == {"min_pixels": 262144, "max_pixels": 1048576}
+    for row in read(path):
+        w, h = Image.open(io.BytesIO(row["images"][0]["bytes"])).size
+        assert 262144 <= w * h <= 1048576, (row["extra_info"]["id"], w, h)
+        assert 256 <= (w // 32) * (h // 32) <= 1024 and w % 32 == 0 and h % 32 == 0
+        ow, oh = sizes[row["extra_info"]["id"]]
+        assert abs(w / h - ow / oh) < 0.1
+    mid = read(path)[2]["images"][0]["bytes"]
+    assert Image.open(io.BytesIO(mid)).size == (640, 480)  # inside the range: kept as it is
+    build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "raw"), "--quiet",
+                      "--no-pixel-clamp"]))
+    raw = read(tmp_path / "raw/train/train.parquet")
+    assert [Image.open(io.BytesIO(r["images"][0]["bytes"])).size for r in raw] == list(sizes.values())
+
+
+def test_row_count_mismatch_is_warned(tmp_path, capsys):
+    from data_prep.build_parquet import main
+
+    L.write_mmmu(tmp_path / "src")
+    assert main(["mmmu", "--source", str(tmp_path / "src"), "--out-dir", str(tmp_path / "out"), "--quiet",
+                 "--no-pixel-clamp"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING: read 3 rows, the published validation split has 900" in out
+    assert "mmmu/validation: 3 rows read, 900 expected" in err
+    summary = run(tmp_path / "out", "mmmu", "--source", str(tmp_path / "src"), "--limit", "2")
+    assert summary[0]["expected_rows"] == 900 and not summary[0]["count_mismatch"]  # --limit: a partial run
+
+
+def test_image_token_counts():
+    """Qwen3-VL: one token per 32x32 pixels after its own smart_resize, plus vision start/end; the
+    cheap bound used to skip exact counting is never below the exact count."""
+    from data_prep.common import image_tokens
+
+    assert image_tokens(512, 512) == 16 * 16 + 2
+    assert image_tokens(1024, 1024) == 32 * 32 + 2
+    assert image_tokens(100, 60) == 3 * 2 + 2  # sides rounded to the nearest multiple of 32
+    for w, h in [(1, 1), (33, 33), (47, 3000), (2048, 1536), (4000, 3999), (100, 60)]:
+        assert image_tokens(w, h, exact=False) >= image_tokens(w, h), (w, h)

@@ -17,13 +17,17 @@ import pytest
 
 from data_prep.build_parquet import build, parse_args
 from data_prep.common import BadRow
+from data_prep.sources import SourceError
 from fixtures import data_layouts as L
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(out, *argv):
-    return build(parse_args([*argv, "--out-dir", str(out), "--quiet"]))
+    """build_parquet on a fixture; tiny fixture images stay as they are (byte-exact checks) unless
+    the call names a pixel clamp (the default clamp has its own test)."""
+    clamp = [] if any(a in argv for a in ("--min-pixels", "--max-pixels")) else ["--no-pixel-clamp"]
+    return build(parse_args([*argv, *clamp, "--out-dir", str(out), "--quiet"]))
 
 
 def good_paper_row(i, root):
@@ -48,12 +52,11 @@ BAD_TRAIN = {
     "null_answer": ({"answer": None}, "answer", "empty"),
     "too_few_images": ({"problem": "<image> and <image>"}, "images", "1 image(s) but 2"),
     "too_many_images": ({"problem": "no placeholder"}, "images", "1 image(s) but 0"),
-    "unknown_type": ({"problem_type": "essay"}, "problem_type", "unknown question type"),
     "mc_answer_not_an_option": ({"problem_type": "multiple choice", "options": ["x", "y"], "answer": "z"},
                                 "answer", "neither an option letter"),
     "mc_letter_out_of_range": ({"problem_type": "multiple choice", "options": ["x", "y"], "answer": "C"},
                                "answer", "neither an option letter"),
-    "mc_without_options": ({"problem_type": "multiple choice"}, "options", "0 option"),
+    "mc_one_option": ({"problem_type": "multiple choice", "options": ["x"]}, "options", "1 option"),
     "missing_column": ("no_answer_column", "answer", "column 'answer' is missing"),
 }
 
@@ -206,3 +209,88 @@ def test_unexpected_value_type_is_a_row_error_too(tmp_path):
         run(tmp_path / "out", "train", "--source", str(src))
     s = run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
     assert (s[0]["written"], s[0]["rejected"]) == (0, 1)
+
+
+def test_undecodable_jsonl_lines_name_file_and_line(tmp_path):
+    """A line that is not UTF-8, or not JSON, stops the run naming the file and line; --skip-bad
+    rejects just that line."""
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(3)]
+    write_jsonl(src, rows)
+    path = src / "train.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines.insert(1, b'{"id": "latin1", "problem": "caf\xe9 <image>"}\n')
+    lines.insert(3, b'{"id": "cut", "problem": \n')
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(BadRow) as ei:
+        run(tmp_path / "out", "train", "--source", str(src))
+    assert ei.value.row_id == f"{path}:2" and "line 2 is not UTF-8" in str(ei.value) and "0xe9" in str(ei.value)
+    summary = run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
+    assert (summary[0]["written"], summary[0]["rejected"]) == (3, 2)
+    rejects = [json.loads(x) for x in (tmp_path / "out/train/train.rejects.jsonl").read_text().splitlines()]
+    assert [r["row_id"] for r in rejects] == [f"{path}:2", f"{path}:4"]
+    assert "not valid JSON" in rejects[1]["reason"]
+
+
+def test_json_name_with_json_lines_content_is_read_as_lines(tmp_path):
+    src = tmp_path / "src"
+    write_jsonl(src, [good_paper_row(i, src) for i in range(3)])
+    (src / "train.jsonl").rename(src / "train.json")
+    summary = run(tmp_path / "out", "train", "--source", str(src), "--val-size", "1")
+    assert {s["split"]: s["written"] for s in summary} == {"train": 2, "val": 1}
+
+
+def test_broken_json_list_names_the_file(tmp_path):
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(2)]
+    (src / "train.json").write_text(json.dumps(rows)[:-30])
+    with pytest.raises(SourceError, match=r"train\.json: not valid JSON after its row 1"):
+        run(tmp_path / "out", "train", "--source", str(src))
+
+
+def test_over_long_prompt_is_counted_or_rejected(tmp_path):
+    """A 1 MB question would be dropped later by verl's prompt-length filter: counted in the
+    summary (and warned), or rejected with --skip-bad."""
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(3)]
+    rows[1]["problem"] = "<image> " + "lorem ipsum " * 90_000
+    rows[2]["problem"] = "<image> " + "word " * 500  # ~500 tokens: within 4096, over 300
+    write_jsonl(src, rows)
+    summary = run(tmp_path / "out", "train", "--source", str(src))
+    assert summary[0]["written"] == 3 and summary[0]["over_prompt_budget"] == 1
+    summary = run(tmp_path / "out", "train", "--source", str(src), "--max-prompt-tokens", "300")
+    assert summary[0]["over_prompt_budget"] == 2
+    summary = run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
+    assert (summary[0]["written"], summary[0]["rejected"]) == (2, 1)
+    rec = json.loads((tmp_path / "out/train/train.rejects.jsonl").read_text())
+    assert rec["row_id"] == "r1" and rec["field"] == "prompt" and "over --max-prompt-tokens 4096" in rec["reason"]
+
+
+# ---------------------------------------------------------------- the evaluation command's inputs
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_eval_rejects_non_positive_limits(limit, capsys):
+    from verl_ext.eval.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--model", "m", "--data-dir", "d", "--out-dir", "o", "--limit", limit])
+    assert "must be a positive number of rows" in capsys.readouterr().err
+
+
+def test_eval_failed_start_leaves_no_run_json(tmp_path):
+    """No benchmark folder: the run stops before anything is written, so another --model can use
+    the same out-dir afterwards."""
+    from verl_ext.eval.protocol import load_protocol
+    from verl_ext.eval.runner import run as eval_run
+
+    def never():
+        raise AssertionError("no backend is built for a run that cannot start")
+
+    kw = dict(backend_factory=never, backend_name="hf", data_dir=tmp_path / "missing", benchmarks=["mmmu"],
+              out_dir=tmp_path / "out", protocol=load_protocol("default", None, {}))
+    with pytest.raises(Exception, match="missing"):
+        eval_run(model="model-a", **kw)
+    assert not (tmp_path / "out" / "run.json").exists()
+    with pytest.raises(Exception, match="missing"):
+        eval_run(model="model-b", **kw)  # the same error, not "written by a different setup"
+    with pytest.raises(ValueError, match="positive"):
+        eval_run(model="model-b", limit=0, **kw)

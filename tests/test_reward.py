@@ -89,7 +89,8 @@ def test_hand_labelled(i):
     assert (out["acc"], out["format"]) == (acc, fmt), out
     expected = 0.9 * acc + 0.1 * fmt if ptype == "math" else acc
     assert out["score"] == pytest.approx(expected)
-    assert set(out) == {"score", "acc", "format", "overlong_penalty", "answered"}
+    assert set(out) == {"score", "acc", "format", "overlong_penalty", "answered", "gt_missing", "unknown_type",
+                        "response_decoded", "error"}
 
 
 def test_huge_response_is_graded_quickly():
@@ -130,6 +131,9 @@ def test_grade_helpers_direct():
     assert not grade(None, "4", "open")
     with pytest.raises(ValueError, match="unknown problem_type"):
         grade("1", "1", "essay")
+    # compute_score never stops on an unknown type: graded as open-ended and counted
+    out = compute_score("x", f"{T}<answer>Cat</answer>", "cat", {"problem_type": "essay"})
+    assert (out["score"], out["unknown_type"]) == (1.0, 1.0)
 
 
 def test_never_raises_on_random_garbage():
@@ -253,3 +257,140 @@ def test_scored_by_verls_naive_reward_manager():
     assert out["reward_score"] == pytest.approx(1.0) and out["reward_extra_info"]["acc"] == 1.0
     out = score("\\boxed{C}", "B", {"problem_type": "multiple choice", "options": OPTS})
     assert out["reward_score"] == 0.0 and out["reward_extra_info"]["format"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# variant=released: the paper's released grading, rule for rule. Every expected value below is
+# worked by hand from the rule it names (score = 0.9 acc + 0.1 format + 0.1 length penalty for
+# math, acc otherwise; penalty 0 up to 16384 - 3072 = 13312 tokens, then (13312 - L) / 3072).
+P = 13312
+RELEASED = [
+    # (rule, response, ground truth, problem type, extra kwargs, expected score)
+    ("pre: spaces next to < > removed", "< answer > 4 < / answer >", "4", "math", {}, 0.9),
+    ("pre: spaces next to tags make format", "<thought> r </thought> <answer> 4 </answer>", "4", "math", {}, 1.0),
+    ("pre: spaces next to / removed", "<answer>1 / 2</answer>", "1/2", "math", {}, 0.9),
+    ("pre: $...$ truth loses $", "<answer>4</answer>", "$4$", "math", {}, 0.9),
+    ("pre: $$...$$ truth loses $$", "<answer>4</answer>", "$$4$$", "math", {}, 0.9),
+    ("pre: non-string truth becomes empty", "<answer>4</answer>", 4, "math", {}, 0.0),
+    ("answer: FIRST block wins", f"{T}<answer>3</answer><answer>4</answer>", "4", "math", {}, 0.1),
+    ("answer: tag case ignored (format is not)", "<ANSWER>4</ANSWER>", "4", "math", {}, 0.9),
+    ("answer: block beats a later box", "<answer>3</answer> \\boxed{4}", "4", "math", {}, 0.0),
+    ("answer: last box", "\\boxed{3} then \\boxed{4}", "4", "math", {}, 0.9),
+    ("answer: empty last box -> nothing", "\\boxed{4} \\boxed{}", "4", "math", {}, 0.0),
+    ("answer: math without tag or box is empty", "The answer is 4", "4", "math", {}, 0.0),
+    ("answer: other types score the whole response", "4", "4", "numerical", {}, 1.0),
+    ("answer: boxed truth is unwrapped", "<answer>4</answer>", "\\boxed{4}", "math", {}, 0.9),
+    ("format: case-sensitive tags", "<Thought>r</Thought><answer>4</answer>", "4", "math", {}, 0.9),
+    ("format: text between blocks allowed", f"{T}so<answer>4</answer>", "4", "math", {}, 1.0),
+    ("format: text after </answer> breaks it", f"{T}<answer>4</answer>.", "4", "math", {}, 0.9),
+    ("format: counts when wrong", f"{T}<answer>5</answer>", "4", "math", {}, 0.1),
+    ("format: math only", f"{T}<answer>42</answer>", "42", "numerical", {}, 1.0),
+    ("length: no penalty at 4096 tokens", f"{T}<answer>4</answer>", "4", "math", {"response_length": 4096}, 1.0),
+    ("length: soft penalty past 13312", f"{T}<answer>4</answer>", "4", "math", {"response_length": 14000},
+     1.0 + 0.1 * (P - 14000) / 3072),
+    ("length: -1 past the max", f"{T}<answer>4</answer>", "4", "math", {"response_length": 20000}, 0.9),
+    ("length: characters without a token count", "<thought>" + "x" * 14000 + "</thought><answer>4</answer>", "4",
+     "math", {}, 1.0 + 0.1 * (P - (9 + 14000 + 10 + 18)) / 3072),
+    ("length: max_response_length kwarg", f"{T}<answer>4</answer>", "4", "math",
+     {"response_length": 2000, "max_response_length": 4096}, 1.0 + 0.1 * (1024 - 2000) / 3072),
+    ("length: not for other types", "<answer>B</answer>", "B", "multiple choice", {"response_length": 20000}, 1.0),
+    ("math: cleanup drops ^\\circ", "<answer>90^\\circ</answer>", "90", "math", {}, 0.9),
+    ("math: cleanup drops \\%", "<answer>50\\%</answer>", "50", "math", {}, 0.9),
+    ("math: cleanup drops \\text{} with its content", "<answer>5\\text{ cm}</answer>", "5", "math", {}, 0.9),
+    ("math: cleanup drops spaces", "<answer>x + 1</answer>", "x+1", "math", {}, 0.9),
+    ("math: cleanup drops a leading x=", "<answer>x=3</answer>", "3", "math", {}, 0.9),
+    ("math: any single = keeps its right side (odd)", "<answer>2+2=5</answer>", "5", "math", {}, 0.9),
+    ("math: grade_answer", "<answer>\\frac{1}{2}</answer>", "0.5", "math", {}, 0.9),
+    ("math: grade_answer, not equal", "<answer>\\frac{1}{3}</answer>", "0.33", "math", {}, 0.0),
+    ("math: grade_answer on the cleaned strings", "<answer>y = \\frac{1}{2}</answer>", "0.5", "math", {}, 0.9),
+    ("math: no symbolic check past 512 characters", "<answer>1/2" + "+0" * 300 + "</answer>", "0.5", "math",
+     {}, 0.0),
+    ("mc: letter at the start", "<answer>B. 4 cm</answer>", "B", "multiple choice", {}, 1.0),
+    ("mc: lower-case letter read as upper", "<answer>b</answer>", "B", "multiple choice", {}, 1.0),
+    ("mc: whole response when no tag", "I pick B", "B", "multiple choice", {}, 1.0),
+    ("mc: (X)", "<answer>(C) is right</answer>", "C", "multiple choice", {}, 1.0),
+    ("mc: 'answer is X' loses to a letter at the end (odd)", "<answer>the answer is D because</answer>", "D",
+     "multiple choice", {}, 0.0),
+    ("mc: last resort any A-H character (odd)", "<answer>12 cm</answer>", "C", "multiple choice", {}, 1.0),
+    ("mc: last resort from the end of a word (odd)", "<answer>none of these</answer>", "A", "multiple choice",
+     {}, 0.0),
+    ("mc: no letter on both sides -> grade_answer", "<answer>1/2</answer>", "0.5", "multiple choice", {}, 1.0),
+    ("mc: letters past H -> grade_answer", "<answer>J</answer>", "J", "multiple choice", {}, 1.0),
+    ("num: commas removed", "<answer>1,000</answer>", "1000", "numerical", {}, 1.0),
+    ("num: equal after rounding to 2 decimals", "<answer>3.14159</answer>", "3.14", "numerical", {}, 1.0),
+    ("num: rounding differs", "<answer>3.149</answer>", "3.14", "numerical", {}, 0.0),
+    ("num: a unit fails float()", "<answer>12 cm</answer>", "12", "numerical", {}, 0.0),
+    ("num: a fraction fails float()", "<answer>1/2</answer>", "0.5", "numerical", {}, 0.0),
+    ("open: short truth, case-insensitive exact", "<answer>Cat</answer>", "cat", "open-ended", {}, 1.0),
+    ("open: short truth, no match -> ROUGE", "<answer>a black cat</answer>", "cat", "open-ended", {}, 1 / 3),
+    ("open: long truth -> mean ROUGE-1/2/L F1", "<answer>the red car</answer>", "the red car is parked",
+     "open-ended", {}, (0.75 + 2 / 3 + 0.75) / 3),
+    ("open: long truth, same words", "<answer>the eiffel tower</answer>", "The Eiffel Tower", "open-ended", {}, 1.0),
+    ("type: unknown -> open-ended", "<answer>Cat</answer>", "cat", "geometry", {}, 1.0),
+    ("type: missing -> open-ended", "<answer>4</answer>", "4", None, {}, 1.0),
+    ("type: lower-cased and trimmed", "<answer>4</answer>", "4", " Math ", {}, 0.9),
+    ("type: 'multiple-choice' is not a route -> open-ended", "<answer>B. 4 cm</answer>", "B", "multiple-choice",
+     {}, 1 / 3),
+    ("type: ocr -> 1 - word error rate", "<answer>hello world bar</answer>", "hello world foo", "ocr", {}, 2 / 3),
+    ("type: boolean yes/true", "<answer>true</answer>", "Yes", "boolean", {}, 1.0),
+    ("error: any exception -> all 0", "<answer>4</answer>", "4", 5, {}, 0.0),
+]
+
+
+def test_released_table_covers_every_rule():
+    assert len(RELEASED) >= 40
+    groups = {r[0].split(":")[0] for r in RELEASED}
+    assert groups == {"pre", "answer", "format", "length", "math", "mc", "num", "open", "type", "error"}
+
+
+@pytest.mark.parametrize("case", RELEASED, ids=[r[0] for r in RELEASED])
+def test_released_parity_table(case):
+    rule, response, gt, ptype, kw, expected = case
+    kw = dict(kw)
+    info = {"problem_type": ptype, "options": []}
+    if "response_length" in kw:
+        info["response_length"] = kw.pop("response_length")
+    out = compute_score("x", response, gt, info, variant="released", **kw)
+    assert out["score"] == pytest.approx(expected, abs=1e-9), (rule, out)
+    assert out["error"] == (1.0 if rule.startswith("error") else 0.0)
+
+
+def test_released_and_strict_disagree_where_released_is_odd():
+    mc = {"problem_type": "multiple choice", "options": OPTS}
+    assert compute_score("x", "<answer>12 cm</answer>", "C", mc, variant="released")["acc"] == 1.0
+    assert compute_score("x", "<answer>12 cm</answer>", "C", mc, variant="strict")["acc"] == 0.0
+    assert compute_score("x", "<answer>none of these</answer>", "E", mc, variant="released")["acc"] == 1.0
+    assert compute_score("x", "<answer>none of these</answer>", "E", mc, variant="strict")["acc"] == 0.0
+    math_ = {"problem_type": "math"}
+    with pytest.raises(ValueError, match="variant"):
+        compute_score("x", "4", "4", math_, variant="paper")
+
+
+@pytest.mark.parametrize("variant", ["strict", "released"])
+@pytest.mark.parametrize("gt", [None, float("nan"), "", "  "])
+def test_missing_ground_truth_scores_zero_and_is_counted(variant, gt):
+    for text in ("<answer>None</answer>", "<answer>nan</answer>", f"{T}<answer></answer>", "None"):
+        for ptype in ("math", "open-ended", "multiple choice"):
+            out = compute_score("x", text, gt, {"problem_type": ptype}, variant=variant)
+            assert (out["score"], out["gt_missing"]) == (0.0, 1.0), (text, ptype, out)
+
+
+@pytest.mark.parametrize("variant", ["strict", "released"])
+def test_bytes_response_is_decoded_and_counted(variant):
+    out = compute_score("x", f"{T}<answer>4</answer>".encode(), "4", {"problem_type": "math"}, variant=variant)
+    assert (out["score"], out["response_decoded"]) == (1.0, 1.0)
+    out = compute_score("x", b"<answer>\xff4</answer>", "4", {"problem_type": "numerical"}, variant=variant)
+    assert (out["acc"], out["response_decoded"]) == (0.0, 1.0)  # U+FFFD in place of the bad byte
+    out = compute_score("x", None, "4", {"problem_type": "math"}, variant=variant)
+    assert out["score"] == 0.0
+
+
+def test_released_never_raises_on_random_garbage():
+    rng = random.Random(1)
+    alphabet = list("<>/\\{}()[]$^_ abcAB0123.,-+=*") + ["<answer>", "</answer>", "<thought>", "</thought>",
+                                                         "\\boxed{", "\\frac{", "é", "😀", "\x00", "\n"]
+    for ptype in ("math", "multiple choice", "numerical", "open-ended", "ocr", "boolean", "essay", None):
+        for _ in range(25):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+            out = compute_score("x", text, "1", {"problem_type": ptype}, variant="released", timeout=2)
+            assert -0.1 <= out["score"] <= 1.0 and out["error"] == 0.0

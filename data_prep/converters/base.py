@@ -27,6 +27,7 @@ class Job:
     split: str
     source_split: str
     hub_configs: list[str | None] | None = None
+    source: str | None = None    # a file of its own (a release folder's validation file), else --source
 
 
 class Converter:
@@ -40,8 +41,10 @@ class Converter:
     def jobs(self, args) -> list[Job]:
         raise NotImplementedError
 
+    expected_rows: dict[str, int] = {}  # published row count per output split (a check on local copies)
+
     def stream(self, source: str, job: Job, args) -> RowStream:
-        return open_source(source, job.source_split, job.hub_configs)
+        return open_source(job.source or source, job.source_split, job.hub_configs)
 
     def row_id(self, raw: dict, pos: int, job: Job) -> str:
         for col in self.id_columns:

@@ -18,6 +18,7 @@ _REF = re.compile(r"<image\s*\d+>")
 class MathVisionConverter(Converter):
     name = "mathvision"
     hub_id = "MathLLMs/MathVision"
+    expected_rows = {"test": 3040, "testmini": 304}
     ability = "math"
     extra_fields = {"level": pa.int64(), "subject": pa.string()}
 

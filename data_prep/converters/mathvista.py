@@ -13,6 +13,7 @@ from data_prep.converters.base import Converter, Job, need, register
 class MathVistaConverter(Converter):
     name = "mathvista"
     hub_id = "AI4Math/MathVista"
+    expected_rows = {"testmini": 1000}
     ability = "math"
     id_columns = ("pid",)
     extra_fields = {"precision": pa.float64(), "answer_type": pa.string(), "unit": pa.string(),

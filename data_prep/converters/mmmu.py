@@ -24,6 +24,7 @@ TYPES = {"multiple-choice": "multiple choice", "open": "open"}
 class MMMUConverter(Converter):
     name = "mmmu"
     hub_id = "MMMU/MMMU"
+    expected_rows = {"validation": 900}
     ability = "multidisciplinary"
     extra_fields = {"question_type": pa.string(), "subfield": pa.string()}
 

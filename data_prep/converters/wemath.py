@@ -30,6 +30,7 @@ def split_options(text: str) -> list[str]:
 class WeMathConverter(Converter):
     name = "wemath"
     hub_id = "We-Math/We-Math"
+    expected_rows = {"testmini": 1740}  # 525 question groups
     ability = "math"
     extra_fields = {"group_id": pa.string(), "key": pa.string()}
 

@@ -15,6 +15,7 @@ SPLITS = {"subquestions": "zerobench_subquestions", "main": "zerobench"}
 class ZeroBenchConverter(Converter):
     name = "zerobench"
     hub_id = "jonathan-roberts1/zerobench"
+    expected_rows = {"zerobench": 100, "zerobench_subquestions": 334}
     ability = "visual_reasoning"
     id_columns = ("question_id",)
     extra_fields = {"question_id": pa.string(), "variant": pa.string()}

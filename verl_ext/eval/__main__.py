@@ -24,6 +24,13 @@ def _kv(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of rows, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m verl_ext.eval",
@@ -39,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one protocol field, e.g. --set max_new_tokens=8 (repeatable)")
     p.add_argument("--split", action="append", default=[], metavar="BENCH=SPLIT", help="read this split (comma-separated for several; repeatable)")
-    p.add_argument("--limit", type=int, default=None, help="first N rows of each benchmark only (smoke tests)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N rows of each benchmark only (smoke tests)")
     p.add_argument("--label", default=None, help="name of our row in the table (a paper method name adds a delta row)")
     g = p.add_argument_group("vllm backend")
     g.add_argument("--tensor-parallel-size", type=int, default=1)

@@ -137,11 +137,13 @@ def run(
     out = Path(out_dir)
     # what the stored responses depend on; the scorer does not matter: stored responses are re-scored
     meta = {"model": str(model), "backend": backend_name, "protocol": protocol.to_dict()}
-    check_run_meta(out, meta)
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be a positive number of rows, got {limit}")
     loaded = {}
     for b in benchmarks:
         samples, splits = load_benchmark(data_dir, b, protocol.splits.get(b, []))
         loaded[b] = (samples[:limit] if limit else samples, splits, len(samples))
+    check_run_meta(out, meta)  # only once the data loaded: a failed start must not lock the out-dir
 
     backend: Backend | None = None
     results: dict[str, dict] = {}

@@ -61,13 +61,13 @@ class _Worker:
                 pass
         self.proc = None
 
-    def equal(self, pred: str, truth: str, timeout: float) -> bool:
+    def equal(self, pred: str, truth: str, timeout: float, method: str = "both") -> bool:
         """Caller holds ``self.lock``."""
         self.calls += 1
         if (self.proc is None or self.proc.poll() is not None) and not self._start():
             return False
         try:
-            self.proc.stdin.write((json.dumps([pred, truth]) + "\n").encode("utf-8"))
+            self.proc.stdin.write((json.dumps([pred, truth, method]) + "\n").encode("utf-8"))
             self.proc.stdin.flush()
         except OSError:
             self._kill()
@@ -119,12 +119,13 @@ def set_symbolic_workers(n: int) -> None:
     _POOL.resize(int(n))
 
 
-def symbolic_equal(pred: str, truth: str, timeout: float = 5.0) -> bool:
-    """mathruler ``grade_answer(pred, truth)`` or math-verify ``verify(truth, pred)``, bounded by
-    ``timeout`` seconds of wall time; False on timeout or error. Thread-safe."""
+def symbolic_equal(pred: str, truth: str, timeout: float = 5.0, method: str = "both") -> bool:
+    """mathruler ``grade_answer(pred, truth)`` or (``method="both"``) math-verify ``verify(truth, pred)``,
+    bounded by ``timeout`` seconds of wall time; False on timeout or error. Thread-safe.
+    ``method="mathruler"``: ``grade_answer`` alone (the released reward's check)."""
     w = _POOL.acquire()
     try:
-        return w.equal(pred, truth, timeout)
+        return w.equal(pred, truth, timeout, method)
     finally:
         w.lock.release()
 

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from verl_ext.algorithms import GRPO_OPSD_DEFAULTS, RLSD_DEFAULTS, TEACHER_ESTIMATORS, TEACHER_TRAINER_MODE
 from verl_ext.algorithms.checks import section
-from verl_ext.algorithms.estimators import rlsd_lambda
 
 
 class ConfigError(ValueError):
@@ -101,10 +100,11 @@ def check_estimator(config: DictConfig) -> None:
 
 def check_ranges(rlsd: dict, grpo_opsd: dict) -> None:
     """The estimator knobs' ranges, which verl would only hit at the first advantage step."""
-    try:
-        rlsd_lambda(0, float(rlsd["lambda_init"]), int(rlsd["decay_steps"]), int(rlsd["warmup_steps"]))
-    except ValueError as err:
-        raise ConfigError(f"algorithm.rlsd: {err} (lambda_init in [0, 1], decay_steps and warmup_steps >= 0)") from None
+    if not 0.0 <= float(rlsd["lambda_init"]) <= 1.0:
+        raise ConfigError(f"algorithm.rlsd.lambda_init must lie in [0, 1] (the factor must stay > 0), got {rlsd['lambda_init']}")
+    for key in ("decay_steps", "warmup_steps"):
+        if int(rlsd[key]) < 0:
+            raise ConfigError(f"algorithm.rlsd.{key} must be >= 0, got {rlsd[key]}")
     if not 0.0 <= float(rlsd["clip_eps"]) < 1.0:
         raise ConfigError(f"algorithm.rlsd.clip_eps must lie in [0, 1), got {rlsd['clip_eps']}")
     if float(grpo_opsd["beta"]) < 0:

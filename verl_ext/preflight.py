@@ -48,14 +48,17 @@ def check_data_files(config: DictConfig) -> None:
                     f"data.{key}: {local} does not exist; build it with `python data_prep/build_parquet.py` "
                     f"(see README, 'Data') or point data.{key} / DATA_DIR at your copy"
                 )
-            if local.endswith(".parquet") and _parquet_rows(local) == 0:
+            if local.endswith(".parquet") and _parquet_rows(local, key) == 0:
                 raise ConfigError(f"data.{key}: {local} has no rows")
 
 
-def _parquet_rows(path: str) -> int:
+def _parquet_rows(path: str, key: str) -> int:
     import pyarrow.parquet as pq
 
-    return int(pq.ParquetFile(path).metadata.num_rows)
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise ConfigError(f"data.{key}: {path} cannot be read as parquet ({err})") from None
 
 
 def _extra_info_fields(path: str) -> set[str] | None:

@@ -234,6 +234,19 @@ def test_student_prompt_context_keeps_the_whole_student_turn(parts, rows):
     assert metrics["teacher/context_fallback"] == 1 and t2[0].input_ids.tolist() == t[0].input_ids.tolist()
 
 
+def test_placeholder_text_in_a_hint_stays_text(parts, rows, tmp_path):
+    batch = [StudentSample(**{**rows[0].__dict__, "ground_truth": "as <image> shows: red"})]
+    t, _, _ = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="answer")).build(batch)
+    assert "reference solution:\nas <image> shows: red\n\n" in _text(parts, t[0])
+    assert _text(parts, t[0]).count("<|image_pad|>") == 1
+    # the template sees the real question text, so it may branch on it
+    branch = tmp_path / "branch.jinja"
+    branch.write_text("{% if 'colour' in question %}COLOUR {% endif %}{{ question }} {{ hint }}")
+    t, _, _ = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="answer", template=str(branch))).build(rows[:2])
+    assert _text(parts, t[0]) == _chat(f"COLOUR {VISION}What colour is the square? red")
+    assert _text(parts, t[1]) == _chat("Compute 6 * 7. Give only the number. 42")
+
+
 def test_plain_processor_gives_the_same_positions(parts, rows, tmp_path):
     """A plain AutoProcessor (no get_rope_index bound) computes M-RoPE ids with Qwen3-VL's own function."""
     from transformers import AutoProcessor

@@ -46,6 +46,7 @@ from verl_ext.privileged.config import TeacherConfig
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _CONTEXT_SENTINEL = "\x00CONTEXT\x00"
+_ESCAPE = "\x00"  # keeps a placeholder-like string inside a hint from becoming an image
 _PLACEHOLDER = re.compile(r"(<image>|<video>)")
 _LETTERS = string.ascii_uppercase
 
@@ -135,6 +136,10 @@ def question_context(extra_info: dict | None) -> str | None:
     if opts:
         text += "\n\nOptions:\n" + "\n".join(f"{_LETTERS[k]}. {o}" for k, o in enumerate(opts))
     return text
+
+
+def _escape(text: str) -> str:
+    return _PLACEHOLDER.sub(lambda m: "<" + _ESCAPE + m.group(0)[1:], text or "")
 
 
 def _flatten_turn(content: Any) -> str:
@@ -315,12 +320,13 @@ class PrivilegedPromptBuilder:
         return _student_context(sample)
 
     def teacher_messages(self, context: str, hint: str, failed: str = "", history: Sequence[dict] = ()) -> list[dict]:
-        """``history`` + one user turn: the template around ``context`` (placeholders become image items)."""
-        text = _render(self.template, _CONTEXT_SENTINEL, hint, failed, self.config.format_instruction)
-        before, after = text.split(_CONTEXT_SENTINEL)
-        # stripped as the released template's `question | trim` does
-        items = ([{"type": "text", "text": before}] if before else []) + _content_items(context.strip())
-        items += [{"type": "text", "text": after}] if after else []
+        """``history`` + one user turn: the template rendered with the real context text (so a template
+        may branch on it); only the context's ``<image>``/``<video>`` placeholders become image items."""
+        text = _render(self.template, context, _escape(hint), _escape(failed), _escape(self.config.format_instruction))
+        items = [
+            {"type": it["type"], "text": it["text"].replace(_ESCAPE, "")} if it["type"] == "text" else it
+            for it in _content_items(text)
+        ]
         if all(it["type"] == "text" for it in items):
             items = "".join(it["text"] for it in items)
         return [*history, {"role": "user", "content": items}]

@@ -15,7 +15,9 @@ same images + hint + the same response tokens) -> **teacher log-probs** of the s
 verl's worker groups (``live``: the actor's ``compute_log_prob``; ``frozen``/``ema``: the ref
 model's ``compute_ref_log_prob``, the ref slot holding the teacher copy) -> advantage with
 ``teacher_log_probs``, ``old_log_probs``, ``global_step`` (+ ``teacher_valid``, ``reweight_mask``)
--> PPO update. For estimators outside ``TEACHER_ESTIMATORS`` (``grpo``) nothing is added.
+-> PPO update. Rows without a teacher signal (over the length budget, no hint, no sibling) get
+``teacher_log_probs = old_log_probs`` (delta 0: rlsd and grpo_opsd keep ``A_i``) and
+``teacher_valid`` false (opsd and sdpo: advantage 0); they are counted, never raised on. For estimators outside ``TEACHER_ESTIMATORS`` (``grpo``) nothing is added.
 
 Teacher weights (``algorithm.teacher.mode``):
 - ``frozen``: the ref copy, re-synced from the policy at steps ``s`` with ``(s - 1) % sync_every == 0``

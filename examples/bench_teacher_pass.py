@@ -5,8 +5,11 @@ prompt is longer (hint + template) and the teacher pass also builds its inputs (
 M-RoPE ids). Prints wall time (median of repeats), their ratio (goal <= 1.3x) and peak memory
 (CUDA: max allocated; CPU: peak resident memory above the start of the pass, sampled).
 
-    python examples/bench_teacher_pass.py                    # tiny random Qwen3-VL on CPU
-    python examples/bench_teacher_pass.py --full-size        # Qwen3-VL-8B config, random weights (GPU)
+    python examples/bench_teacher_pass.py                              # tiny random Qwen3-VL on CPU
+    python examples/bench_teacher_pass.py --shape 8b --device cuda     # Qwen3-VL-8B shapes, random weights
+
+Only torch, transformers and this package are used (plain forwards; no Ray cluster, no vLLM engine).
+The teacher sees what training shows it (``algorithm.teacher.context``, default ``question``).
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ def build(args):
 
     path = str(build_tiny_qwen3vl(tempfile.gettempdir() + "/bench_tiny_qwen3vl"))
     tok, proc = hf_tokenizer(path), hf_processor(path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.full_size:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.shape == "8b":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
         from verl_ext.tiny_model import tiny_config
@@ -72,9 +75,9 @@ def build(args):
                             video_token_id=tiny.video_token_id, vision_start_token_id=tiny.vision_start_token_id,
                             vision_end_token_id=tiny.vision_end_token_id, tie_word_embeddings=False)
         with torch.device(device):
-            model = Qwen3VLForConditionalGeneration(cfg).to(torch.bfloat16)
+            model = Qwen3VLForConditionalGeneration._from_config(cfg, attn_implementation=args.attn, dtype=torch.bfloat16)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation=args.attn)
     return tok, proc, model.to(device).eval(), device
 
 
@@ -88,14 +91,18 @@ def make_rows(tok, proc, batch, prompt_words, response_tokens, image_size, seed=
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         question = " ".join(f"word{k}" for k in range(prompt_words)) + f" question {i}?"
-        msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": question}]}]
+        # the student sees a task block around the question, as our student template renders it
+        task = "[TASKS]\nGoal: answer.\nFormat: think in <thought> </thought>, answer in <answer> </answer>.\n\nQuestion:\n"
+        msgs = [{"role": "user", "content": [{"type": "text", "text": task}, {"type": "image", "image": img},
+                                             {"type": "text", "text": question}]}]
         text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         enc = proc(text=[text], images=[img], return_tensors="pt")
         r = response_tokens - (i % 4) * response_tokens // 8  # mixed lengths
         resp = torch.randint(0, 150000, (r,), generator=g).tolist()
         rows.append(StudentSample(messages=msgs, prompt_ids=enc["input_ids"][0].tolist(), response_ids=resp,
                                   multi_modal_inputs={k: enc[k] for k in ("pixel_values", "image_grid_thw")},
-                                  ground_truth=f"{i * 7}", uid=f"g{i // 4}", score=1.0))
+                                  ground_truth=f"{i * 7}", uid=f"g{i // 4}", score=1.0,
+                                  extra_info={"question": "<image>" + question, "options": []}))
     return rows
 
 
@@ -138,7 +145,10 @@ def main() -> None:
     p.add_argument("--response-tokens", type=int, default=128)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--full-size", action="store_true")
+    p.add_argument("--shape", choices=("tiny", "8b"), default="tiny", help="tiny model, or Qwen3-VL-8B shapes")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, flash_attention_2, eager)")
+    p.add_argument("--context", choices=("question", "student_prompt"), default="question")
     p.add_argument("--teacher-first", action="store_true", help="run the teacher pass first in each pair")
     args = p.parse_args()
 
@@ -148,7 +158,7 @@ def main() -> None:
     tok, proc, model, device = build(args)
     rows = make_rows(tok, proc, args.batch, args.prompt_words, args.response_tokens, args.image_size)
     lengths = [len(r.response_ids) for r in rows]
-    builder = PrivilegedPromptBuilder(tok, proc, TeacherConfig(hint="answer"))
+    builder = PrivilegedPromptBuilder(tok, proc, TeacherConfig(hint="answer", context=args.context))
 
     def to_dev(mm):
         return {k: v.to(device) for k, v in mm.items()} if mm else mm
@@ -177,7 +187,8 @@ def main() -> None:
     tok_old = sum(x[0].numel() for x in student)
     tok_teacher = sum(t.input_ids.numel() for t in teacher)
     unit = "MiB CUDA (max allocated above baseline)" if device == "cuda" else "MiB peak RSS above the start (sampled)"
-    print(f"device={device} model={'Qwen3-VL-8B config (random)' if args.full_size else 'tiny Qwen3-VL'} "
+    print(f"device={device} model={'Qwen3-VL-8B shapes (random)' if args.shape == '8b' else 'tiny Qwen3-VL'} "
+          f"context={args.context} "
           f"batch={args.batch} tokens old={tok_old} teacher={tok_teacher} ({tok_teacher / tok_old:.2f}x)")
     print(f"old-log-prob pass : {t_old * 1e3:8.1f} ms   peak {m_old:8.1f} {unit}")
     print(f"teacher pass      : {t_teacher * 1e3:8.1f} ms   peak {m_teacher:8.1f} {unit}")

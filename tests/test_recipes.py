@@ -24,10 +24,13 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
+    import pandas as pd
+
     d = tmp_path_factory.mktemp("data")
     (d / "train").mkdir()
+    row = {"prompt": [[{"role": "user", "content": "1 + 1?"}]], "extra_info": [{"question": "1 + 1?", "answer": "2"}]}
     for split in ("train", "val"):
-        (d / "train" / f"{split}.parquet").write_bytes(b"")  # existence is all a dry run checks
+        pd.DataFrame(row).to_parquet(d / "train" / f"{split}.parquet")  # a dry run reads the schema only
     return d
 
 
@@ -45,6 +48,7 @@ def run_script(method, data_dir, *overrides, **env):
 def composed(out):
     assert out.returncode == 0, out.stderr[-4000:]
     assert "ray init kwargs" not in out.stdout  # verl's run_ppo was never entered
+    assert "provider=hydra.searchpath" not in out.stderr  # every Hydra search path resolves
     return yaml.safe_load(out.stdout.split(MARKER, 1)[1])
 
 
@@ -110,3 +114,10 @@ def test_unknown_estimator_option_lists_the_valid_ones(data_dir):
     out = run_script("rlsd", data_dir, "+algorithm.rlsd.lambda_inti=0.3")
     assert out.returncode == 2
     assert "valid options: clip_eps, decay_steps" in out.stderr
+
+
+def test_more_than_one_update_per_step_fails_before_anything_starts(data_dir):
+    out = run_script("rlsd", data_dir, "actor_rollout_ref.actor.ppo_epochs=2")
+    assert out.returncode == 2
+    assert "ppo_epochs=2 (must be 1)" in out.stderr and "allow_multiple_updates" in out.stderr
+

@@ -4,7 +4,9 @@ A tiny random Qwen3-VL, real parquet rows (text and image), real Ray, TransferQu
 engine. With a teacher template that adds nothing to the student's prompt the teacher must score
 the sampled tokens exactly as the student did (``teacher/logprob_gap_mean == 0``): through the
 actor (``live``) and through the ref copy (``frozen``, before any sync the copy is the initial
-policy). A resume restores the step counter and the teacher copy.
+policy). A resume restores the step counter and the teacher copy. A row whose teacher prompt cannot
+fit the budget (the template pads image questions past it) runs through: it is counted, and its tokens
+keep delta = 0.
 """
 
 from __future__ import annotations
@@ -57,15 +59,17 @@ def setup(tmp_path_factory):
     model = build_tiny_qwen3vl(tmp_path_factory.getbasetemp() / "tiny_qwen3vl")
     _write_rows(base)
     (base / "plain.jinja").write_text("{{ prompt }}")
+    # image questions get 6000 filler tokens: past max_length (256 + 4096 + 512 + 32), even with no hint
+    (base / "over_budget.jinja").write_text("{{ prompt }}{% if 'colour' in prompt %}{{ ' pad' * 6000 }}{% endif %}")
     return base, model
 
 
-def _run(base: Path, model: Path, name: str, *overrides: str) -> list[dict[str, float]]:
+def _run(base: Path, model: Path, name: str, *overrides: str, template: str = "plain.jinja") -> list[dict[str, float]]:
     cmd = train_command([
         f"data.train_files={base / 'train.parquet'}", f"data.val_files={base / 'test.parquet'}",
         f"actor_rollout_ref.model.path={model}", "reward.custom_reward_function.path=pkg://verl_ext.reward",
         "trainer.v1.trainer_mode=self_distill", f"trainer.default_local_dir={base / name}", "trainer.logger=[console]",
-        f"algorithm.teacher.template={base / 'plain.jinja'}", *overrides,
+        f"algorithm.teacher.template={base / template}", "algorithm.teacher.context=student_prompt", *overrides,
     ])
     env = dict(os.environ, VERL_PLATFORM="cpu")
     proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=900)
@@ -91,9 +95,13 @@ def test_frozen_teacher_copy_sync_and_resume(setup):
     base, model = setup
     common = ["algorithm.adv_estimator=rlsd", "algorithm.teacher.sync_every=3", "trainer.save_freq=2",
               "trainer.resume_mode=auto", "trainer.total_epochs=4"]  # 4 rows / 2 per step: 2 steps per epoch
-    first = _run(base, model, "frozen", *common, "trainer.total_training_steps=2")
+    first = _run(base, model, "frozen", *common, "trainer.total_training_steps=2", template="over_budget.jinja")
     assert [s["teacher/synced"] for s in first] == [0.0, 0.0]
     assert first[0]["teacher/logprob_gap_mean"] == 0.0  # the ref copy starts as the policy
+    # each step holds one image question x 4 responses: over budget, no error, no teacher signal (delta 0)
+    assert [s["teacher/rows_over_budget"] for s in first] == [4.0, 4.0]
+    assert [s["teacher/valid_frac"] for s in first] == [0.5, 0.5]
+    assert first[0]["rlsd/delta_mean"] == 0.0 and first[0]["rlsd/weight_clip_frac"] == 0.0
     assert first[0]["rlsd/lambda"] == pytest.approx(0.5) and first[1]["rlsd/lambda"] == pytest.approx(0.49)
     assert (base / "frozen" / "global_step_2" / "teacher" / "teacher_rank0.pt").is_file()
     # resume: step 3 continues lambda; the teacher copy comes back from the checkpoint, so no re-sync

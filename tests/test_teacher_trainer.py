@@ -52,7 +52,12 @@ def test_mode_is_registered_and_behaves_as_sync():
     assert type(trainer.replay_buffer) is ReplayBuffer  # the async buffer is what a plain new name would get
     assert trainer.teacher_config.hint == "answer" and trainer.teacher_config.mode == "frozen"
     assert trainer.teacher_config.sync_every == 10
-    assert trainer.teacher_config.max_length == cfg.data.max_prompt_length + cfg.data.max_response_length
+    # student prompt + hint budget + template room + response (no dynamic-batch limit in this config)
+    assert trainer.teacher_config.max_length == cfg.data.max_prompt_length + 4096 + 512 + cfg.data.max_response_length
+    assert trainer.teacher_config.context == "question" and trainer.teacher_config.template == "teacher"
+    capped = cls(_config("algorithm.adv_estimator=rlsd", "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
+                         "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=3000"))
+    assert capped.teacher_config.max_length == 3000  # the ref engine's per-sequence limit
     assert trainer.use_reference_policy and not trainer.kl_needs_ref
 
 
@@ -85,6 +90,46 @@ def test_config_errors():
         SelfDistillTrainer(_config("algorithm.adv_estimator=rlsd", "algorithm.teacher.mode=swa"))
     with pytest.raises(ValueError, match="LoRA"):
         SelfDistillTrainer(_config("algorithm.adv_estimator=rlsd", "actor_rollout_ref.model.lora_rank=8"))
+    with pytest.raises(ValueError, match="ppo_epochs=2"):
+        SelfDistillTrainer(_config("algorithm.adv_estimator=rlsd", "actor_rollout_ref.actor.ppo_epochs=2"))
+    opted_in = SelfDistillTrainer(_config("algorithm.adv_estimator=rlsd", "actor_rollout_ref.actor.ppo_epochs=2",
+                                          "algorithm.teacher.allow_multiple_updates=true"))
+    assert opted_in._multiple_updates
+
+
+def test_preflight_rejects_what_would_fail_later(tmp_path):
+    """Each config below passes Hydra and verl's own checks but could not train as asked."""
+    import pandas as pd
+
+    from verl_ext.preflight import ConfigError, check_data_files, check_estimator, check_teacher
+
+    def rejects(match, *overrides):
+        cfg = _config("algorithm.adv_estimator=rlsd", *overrides)
+        with pytest.raises(ConfigError, match=match):
+            check_estimator(cfg)
+            check_teacher(cfg)
+
+    rejects(r"ppo_epochs=2 \(must be 1\).*allow_multiple_updates", "actor_rollout_ref.actor.ppo_epochs=2")
+    rejects(r"ppo_mini_batch_size=2 < data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2")
+    rejects("bypass_mode", "algorithm.rollout_correction.bypass_mode=true")
+    rejects(r"lambda_init must lie in \[0, 1\]", "+algorithm.rlsd.lambda_init=2")
+    rejects("clip_eps", "+algorithm.rlsd.clip_eps=1.5")
+    rejects("beta", "+algorithm.grpo_opsd.beta=-1")
+    rejects(r"max_length=100 is below data.max_prompt_length \+ data.max_response_length",
+            "algorithm.teacher.max_length=100")
+    rejects(r"ref.log_prob_max_token_len_per_gpu=500\) is below", "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
+            "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=500")
+    check_teacher(_config("algorithm.adv_estimator=rlsd", "actor_rollout_ref.actor.ppo_epochs=2",
+                          "algorithm.teacher.allow_multiple_updates=true"))  # the explicit opt-in passes
+    # data: an empty parquet file, and one without the question the teacher is shown
+    empty, bare = tmp_path / "empty.parquet", tmp_path / "bare.parquet"
+    pd.DataFrame({"prompt": pd.Series([], dtype=object)}).to_parquet(empty)
+    pd.DataFrame({"prompt": ["q"], "extra_info": [{"answer": "1"}]}).to_parquet(bare)
+    with pytest.raises(ConfigError, match=f"data.train_files: {empty} has no rows"):
+        check_data_files(_config(f"data.train_files={empty}", f"data.val_files={bare}"))
+    with pytest.raises(ConfigError, match="no extra_info.question.*context=student_prompt"):
+        check_teacher(_config("algorithm.adv_estimator=rlsd", f"data.train_files={bare}"))
+    check_teacher(_config("algorithm.adv_estimator=rlsd", f"data.train_files={bare}", "algorithm.teacher.context=student_prompt"))
 
 
 def test_schedule():
@@ -228,16 +273,20 @@ def test_gap_metric_and_thought_mask(vl):
     assert out["teacher/logprob_gap_mean"] == pytest.approx((1.0 + 0.5) / 2)
     assert out["teacher/log_prob_mean"] == pytest.approx(-1.5)
 
-    text = "<thought>add 2 and 3</thought><answer>5</answer>"
+    # every thought span, the tag tokens excluded (as released); the answer never
+    text = "<thought>add 2 and 3</thought>so 5<thought>check: 5 - 3 = 2</thought><answer>5</answer>"
     ids = vl.tok.encode(text, add_special_tokens=False)
     mask = thought_mask(ids, vl.tok, width=len(ids) + 2)
     pieces = [vl.tok.decode([i]) for i in ids]
-    inside = "".join(p for p, k in zip(pieces, mask[: len(ids)].tolist()) if k)
-    # the span and nothing of the answer (a boundary token such as "><" may straddle the tag)
-    assert inside.startswith("<thought>add 2 and 3</thought>") and "answer" not in inside
-    assert len(inside) - len("<thought>add 2 and 3</thought>") <= 1
+    inside = [p for p, k in zip(pieces, mask[: len(ids)].tolist()) if k]
+    assert "".join(inside) == "add 2 and 3check: 5 - 3 = 2"
+    assert not any(tag in "".join(inside) for tag in ("thought", "<", ">", "so", "answer"))
     assert mask[len(ids):].sum() == 0
     assert thought_mask(vl.tok.encode("<answer>5</answer>", add_special_tokens=False), vl.tok).sum() == 0
+    # an unclosed span runs to the end
+    open_ids = vl.tok.encode("<thought>still thinking", add_special_tokens=False)
+    m = thought_mask(open_ids, vl.tok)
+    assert "".join(vl.tok.decode([i]) for i, k in zip(open_ids, m.tolist()) if k) == "still thinking"
 
 
 def test_teacher_copy_save_and_load_round_trip(tmp_path):

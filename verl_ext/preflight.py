@@ -29,17 +29,48 @@ def _files(value: Any) -> list[str]:
     return [str(value)]
 
 
+def _local_files(config: DictConfig, key: str) -> list[str]:
+    out = []
+    for path in _files(config.data.get(key)):
+        if "://" in path and not path.startswith("file://"):
+            continue  # remote paths are verl's to resolve
+        local = path.removeprefix("file://")
+        out.extend(sorted(glob.glob(local)) or [local])
+    return out
+
+
 def check_data_files(config: DictConfig) -> None:
+    """Every local data file exists; parquet files hold at least one row."""
     for key in ("train_files", "val_files"):
-        for path in _files(config.data.get(key)):
-            if "://" in path and not path.startswith("file://"):
-                continue  # remote paths are verl's to resolve
-            local = path.removeprefix("file://")
-            if not (os.path.exists(local) or glob.glob(local)):
+        for local in _local_files(config, key):
+            if not os.path.exists(local):
                 raise ConfigError(
                     f"data.{key}: {local} does not exist; build it with `python data_prep/build_parquet.py` "
                     f"(see README, 'Data') or point data.{key} / DATA_DIR at your copy"
                 )
+            if local.endswith(".parquet") and _parquet_rows(local, key) == 0:
+                raise ConfigError(f"data.{key}: {local} has no rows")
+
+
+def _parquet_rows(path: str, key: str) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise ConfigError(f"data.{key}: {path} cannot be read as parquet ({err})") from None
+
+
+def _extra_info_fields(path: str) -> set[str] | None:
+    """The ``extra_info`` struct's field names of a parquet file (None: no such struct column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    if "extra_info" not in schema.names or not pa.types.is_struct(schema.field("extra_info").type):
+        return None
+    t = schema.field("extra_info").type
+    return {t.field(i).name for i in range(t.num_fields)}
 
 
 def check_estimator(config: DictConfig) -> None:
@@ -59,14 +90,95 @@ def check_estimator(config: DictConfig) -> None:
         )
     # estimator and teacher knobs: unknown keys and bad values raise, naming the valid ones
     try:
-        section(config.algorithm, "rlsd", RLSD_DEFAULTS)
-        section(config.algorithm, "grpo_opsd", GRPO_OPSD_DEFAULTS)
+        rlsd = section(config.algorithm, "rlsd", RLSD_DEFAULTS)
+        grpo_opsd = section(config.algorithm, "grpo_opsd", GRPO_OPSD_DEFAULTS)
         if name in TEACHER_ESTIMATORS:
             from verl_ext.privileged.config import TeacherConfig
 
-            TeacherConfig.resolve(config.algorithm.get("teacher"), name)
+            TeacherConfig.from_verl(config)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
+    check_ranges(rlsd, grpo_opsd)
+
+
+def check_ranges(rlsd: dict, grpo_opsd: dict) -> None:
+    """The estimator knobs' ranges, which verl would only hit at the first advantage step."""
+    if not 0.0 <= float(rlsd["lambda_init"]) <= 1.0:
+        raise ConfigError(f"algorithm.rlsd.lambda_init must lie in [0, 1] (the factor must stay > 0), got {rlsd['lambda_init']}")
+    for key in ("decay_steps", "warmup_steps"):
+        if int(rlsd[key]) < 0:
+            raise ConfigError(f"algorithm.rlsd.{key} must be >= 0, got {rlsd[key]}")
+    if not 0.0 <= float(rlsd["clip_eps"]) < 1.0:
+        raise ConfigError(f"algorithm.rlsd.clip_eps must lie in [0, 1), got {rlsd['clip_eps']}")
+    if float(grpo_opsd["beta"]) < 0:
+        raise ConfigError(f"algorithm.grpo_opsd.beta must be >= 0, got {grpo_opsd['beta']}")
+
+
+def multiple_update_problems(config: DictConfig) -> list[str]:
+    """Why a step would make more than one policy update (or use rollout log-probs as old log-probs).
+
+    delta uses verl's old log-probs, which equal the released in-loop student forward only when the
+    policy is updated once per rollout step, from log-probs the actor itself recomputed.
+    """
+    actor, out = config.actor_rollout_ref.actor, []
+    if int(actor.get("ppo_epochs", 1)) != 1:
+        out.append(f"actor_rollout_ref.actor.ppo_epochs={actor.ppo_epochs} (must be 1)")
+    mini, batch = actor.get("ppo_mini_batch_size", None), config.data.get("train_batch_size", None)
+    if mini is not None and batch is not None and int(mini) < int(batch):
+        out.append(
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} < data.train_batch_size={batch} "
+            "(several updates per step; set them equal)"
+        )
+    corr = config.algorithm.get("rollout_correction", None) or {}
+    if corr.get("bypass_mode", False):
+        out.append("algorithm.rollout_correction.bypass_mode=true (old log-probs would be the rollout engine's)")
+    return out
+
+
+def one_update_message(problems: list[str]) -> str:
+    return (
+        "the teacher estimators compare the teacher with verl's old log-probs, which are the policy's only with "
+        "one update per rollout step: " + "; ".join(problems)
+        + ". Fix it, or set algorithm.teacher.allow_multiple_updates=true to run anyway (warned every step)"
+    )
+
+
+def check_teacher(config: DictConfig) -> None:
+    """One update per step, a token budget that can hold a student row, the data fields the teacher reads."""
+    if str(config.algorithm.adv_estimator) not in TEACHER_ESTIMATORS:
+        return
+    from verl_ext.privileged.config import TeacherConfig, engine_token_limit
+
+    teacher = TeacherConfig.from_verl(config)
+    problems = multiple_update_problems(config)
+    if problems and not teacher.allow_multiple_updates:
+        raise ConfigError(one_update_message(problems))
+    prompt, response = config.data.get("max_prompt_length"), config.data.get("max_response_length")
+    if teacher.max_length is not None and prompt is not None and response is not None:
+        need = int(prompt) + int(response)
+        if teacher.max_length < need:
+            limit = engine_token_limit(config, teacher.mode)
+            where = (
+                f"algorithm.teacher.max_length={teacher.max_length}"
+                if limit is None or limit > teacher.max_length
+                else f"the teacher forward's token limit ({'ref' if teacher.mode != 'live' else 'rollout'}"
+                f".log_prob_max_token_len_per_gpu={limit})"
+            )
+            raise ConfigError(
+                f"{where} is below data.max_prompt_length + data.max_response_length = {need}: the teacher could "
+                f"not score a full-length student row even with an empty hint; raise it to at least "
+                f"{need + teacher.max_hint_length} (prompt + max_hint_length + response)"
+            )
+    if teacher.context == "question":
+        for path in _local_files(config, "train_files"):
+            if path.endswith(".parquet") and os.path.exists(path):
+                fields = _extra_info_fields(path)
+                if fields is not None and "question" not in fields:
+                    raise ConfigError(
+                        f"data.train_files: {path} has no extra_info.question, which algorithm.teacher.context="
+                        "question shows the teacher; rebuild the data with data_prep/build_parquet.py or set "
+                        "algorithm.teacher.context=student_prompt"
+                    )
 
 
 def check_verl(config: DictConfig) -> None:
@@ -106,6 +218,7 @@ def preflight(config: DictConfig) -> None:
     check_estimator(config)
     check_data_files(config)
     check_attention(config)
+    check_teacher(config)
     check_verl(config)
 
 
@@ -114,7 +227,7 @@ def summary(config: DictConfig) -> str:
     a, r = config.actor_rollout_ref, config.algorithm
     lines = {
         "algorithm.adv_estimator": r.adv_estimator,
-        "algorithm.teacher": OmegaConf.to_container(r.get("teacher", {}), resolve=True),
+        "algorithm.teacher": _teacher_summary(config),
         "trainer.v1.trainer_mode": config.trainer.v1.trainer_mode,
         "actor.optim.lr": a.actor.optim.lr,
         "data.train_batch_size x rollout.n": f"{config.data.train_batch_size} x {a.rollout.n}",
@@ -122,3 +235,14 @@ def summary(config: DictConfig) -> str:
         "trainer.total_training_steps": config.trainer.total_training_steps,
     }
     return "\n".join(f"{k}: {v}" for k, v in lines.items())
+
+
+def _teacher_summary(config: DictConfig):
+    if str(config.algorithm.adv_estimator) not in TEACHER_ESTIMATORS:
+        return OmegaConf.to_container(config.algorithm.get("teacher", {}), resolve=True)
+    import dataclasses
+
+    from verl_ext.privileged.config import TeacherConfig
+
+    return dataclasses.asdict(TeacherConfig.from_verl(config))
+

@@ -7,6 +7,7 @@ from verl_ext.privileged.builder import (
     TeacherSample,
     load_template,
     pick_siblings,
+    question_context,
 )
 from verl_ext.privileged.config import ESTIMATOR_DEFAULTS, TeacherConfig
 
@@ -19,4 +20,5 @@ __all__ = [
     "TeacherSample",
     "load_template",
     "pick_siblings",
+    "question_context",
 ]

@@ -2,21 +2,30 @@
 
 For a student row ``(messages x, response y)`` the teacher sequence is
 
-    chat_template(x~) + y,    x~ = template(prompt=<the last user turn of x>, hint=r, format_instruction=...)
+    chat_template([user: template(question=c, hint=r, ...)]) + y
 
-where the Jinja template wraps the student's last user turn (text and images, unchanged and in place)
-with the privileged text. The response token ids ``y`` are appended unchanged, so
-``teacher_input_ids[-len(y):] == y`` always.
+where the context ``c`` is, with ``algorithm.teacher.context``:
 
-Images: the teacher sees the student's images. Their pixel values are reused as they are (the
-student's ``multi_modal_inputs`` dict is passed through, never recomputed); each image placeholder
-of the rendered prompt is expanded to ``prod(image_grid_thw[i]) / merge_size**2`` pad tokens, which
-is what the processor itself does. Qwen-VL position ids (verl's layout: ``[4, L]`` = one text row
-``0..L-1`` over the model's 3-row M-RoPE ids) are recomputed for the teacher sequence with the
-processor's bound ``get_rope_index`` (the model's own function), never copied from the student.
+- ``question`` (default, as released): the data's question text (``extra_info.question``, with an
+  ``<image>`` placeholder where each image goes), then ``Options:`` and one lettered line per option
+  when ``extra_info.options`` is non-empty; the teacher turn is this one user message;
+- ``student_prompt``: the student's whole last user turn (earlier turns kept as they are).
 
-Length budget: when ``len(teacher prompt) + len(y) > max_length`` the hint is cut (its start kept,
-``truncation_marker`` appended) until the sequence fits; the response is never cut.
+Images stay at their placeholders; the response token ids ``y`` are appended unchanged, so
+``teacher_input_ids[-len(y):] == y`` always. Pixel values are reused as they are (the student's
+``multi_modal_inputs`` dict is passed through, never recomputed); each image placeholder is expanded
+to ``prod(image_grid_thw[i]) / merge_size**2`` pad tokens, as the processor does. Qwen-VL position
+ids (verl's layout: ``[4, L]`` = one text row ``0..L-1`` over the model's 3-row M-RoPE ids) are
+recomputed for the teacher sequence with the model family's ``get_rope_index``.
+
+Length: every hint text is cut to ``max_hint_length`` tokens (start kept, ``truncation_marker``
+appended). When prompt + response still exceed ``max_length``, the hint texts are cut further; a row
+that does not fit even with empty hints gets no teacher signal (``valid`` false, counted in
+``teacher/rows_over_budget``); nothing here raises on a row's data.
+
+Hints: ``answer`` (the ground truth; missing: no teacher signal, ``teacher/hint_missing``),
+``reference`` (the trace in ``extra_info``; missing or empty: the ground truth instead,
+``teacher/hint_fallback``), ``sibling`` (other responses of the same group, see :func:`pick_siblings`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import re
+import string
+import types
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +45,10 @@ import torch
 from verl_ext.privileged.config import TeacherConfig
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-_PROMPT_SENTINEL = "\x00PROMPT\x00"
+_CONTEXT_SENTINEL = "\x00CONTEXT\x00"
+_ESCAPE = "\x00"  # keeps a placeholder-like string inside a hint from becoming an image
+_PLACEHOLDER = re.compile(r"(<image>|<video>)")
+_LETTERS = string.ascii_uppercase
 
 
 @dataclasses.dataclass
@@ -60,21 +75,29 @@ class TeacherSample:
     position_ids: torch.Tensor  # [4, P_t + R] for Qwen-VL, else [P_t + R]
     multi_modal_inputs: dict[str, Any]  # the student's dict, same object
     hint_truncated: bool = False
+    over_budget: bool = False  # no fit even with empty hints: the student's own prompt, no signal
+    context_fallback: bool = False  # context=question without a usable question: the student's turn
 
 
 @dataclasses.dataclass
 class HintResult:
-    hints: list[str | None]
-    valid: torch.Tensor  # [B] bool: False = no teacher signal (sdpo: no successful sibling; padding rows)
+    hints: list[str | None]  # the hint (sibling: the successful sibling's response; "" when none)
+    valid: torch.Tensor  # [B] bool: False = no teacher signal
     sibling_index: list[int | None]  # sibling source row per row (sibling hints only)
     no_sibling: int = 0
+    failed: list[str] | None = None  # shortest_pair: the failed sibling's response ("" when none)
+    failed_index: list[int | None] | None = None
+    hint_fallback: int = 0  # reference: missing/empty trace, the ground truth used instead
+    hint_missing: int = 0  # neither hint nor fallback: no teacher signal
 
 
 def load_template(name_or_path: str):
-    """A Jinja template: a built-in name (``teacher``, ``sibling``) or a file path.
+    """A Jinja template: a built-in name (``teacher``, ``sdpo``) or a file path.
 
-    The template gets ``prompt``, ``hint`` and ``format_instruction``; it must use ``prompt`` exactly
-    once (a template without ``hint`` is allowed: it gives the student's own context, an alignment check).
+    Variables: ``question`` (alias ``prompt``; the context, see the module docstring), ``hint``,
+    ``correct_solution`` (= ``hint``), ``incorrect_solution`` (shortest_pair siblings, else ""),
+    ``format_instruction``. The context must appear exactly once; the released teacher templates
+    (which render ``question`` and ``hint``) load unchanged.
     """
     import jinja2
 
@@ -82,44 +105,82 @@ def load_template(name_or_path: str):
     if not path.suffix and (TEMPLATES_DIR / f"{name_or_path}.jinja").is_file():
         path = TEMPLATES_DIR / f"{name_or_path}.jinja"
     if not path.is_file():
-        builtin = ", ".join(sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja")))
         raise FileNotFoundError(
-            f"algorithm.teacher.template: no file {str(path)!r} (built-in templates: {builtin})"
+            f"algorithm.teacher.template: no file {str(path)!r} (built-in templates: {', '.join(builtin_templates())})"
         )
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-    template = env.from_string(path.read_text(encoding="utf-8"))
-    probe = template.render(prompt=_PROMPT_SENTINEL, hint="\x00HINT\x00", format_instruction="")
-    if probe.count(_PROMPT_SENTINEL) != 1:
-        raise ValueError(f"teacher template {str(path)!r} must contain {{{{ prompt }}}} exactly once")
+    # as released: the file's text stripped, then rendered
+    template = env.from_string(path.read_text(encoding="utf-8").strip())
+    probe = _render(template, _CONTEXT_SENTINEL, "\x00HINT\x00", "\x00FAILED\x00", "")
+    if probe.count(_CONTEXT_SENTINEL) != 1:
+        raise ValueError(f"teacher template {str(path)!r} must contain {{{{ question }}}} (or {{{{ prompt }}}}) exactly once")
     return template
 
 
-def _resolve_hint_text(sample: StudentSample, row: int, config: TeacherConfig) -> str:
-    if config.hint == "answer":
-        value, where = sample.ground_truth, "reward_model.ground_truth"
-    else:
-        value = (sample.extra_info or {}).get(config.reference_field)
-        where = f"extra_info.{config.reference_field}"
-    if value is None or (isinstance(value, str) and not value.strip()):
-        state = "missing" if value is None else "empty"
-        raise ValueError(
-            f"row {row}{f' (uid {sample.uid})' if sample.uid else ''}: hint source {config.hint!r} needs "
-            f"{where}, which is {state}"
-            + (" (set algorithm.teacher.reference_field to the trace's key)" if config.hint == "reference" else "")
-        )
-    if isinstance(value, (list, tuple)):
-        value = ", ".join(str(v) for v in value)
-    return str(value)
+def _render(template, context: str, hint: str, failed: str, format_instruction: str) -> str:
+    return template.render(
+        question=context, prompt=context, hint=hint, correct_solution=hint, incorrect_solution=failed,
+        format_instruction=format_instruction,
+    )  # fmt: skip
+
+
+def question_context(extra_info: dict | None) -> str | None:
+    """``extra_info.question`` + lettered ``extra_info.options`` (the student template's layout), or None."""
+    info = extra_info or {}
+    question = info.get("question")
+    if question is None or not str(question).strip():
+        return None
+    text = str(question).strip()
+    opts = info.get("options")
+    opts = [] if opts is None else [str(o) for o in list(opts)]
+    if opts:
+        text += "\n\nOptions:\n" + "\n".join(f"{_LETTERS[k]}. {o}" for k, o in enumerate(opts))
+    return text
+
+
+def _escape(text: str) -> str:
+    return _PLACEHOLDER.sub(lambda m: "<" + _ESCAPE + m.group(0)[1:], text or "")
+
+
+def _flatten_turn(content: Any) -> str:
+    """A user turn's content as text with ``<image>``/``<video>`` placeholders."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for item in content or []:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind in ("image", "image_url"):
+            parts.append("<image>")
+        elif kind == "video":
+            parts.append("<video>")
+        elif kind == "text":
+            parts.append(item.get("text", ""))
+    return "".join(parts)
+
+
+def _content_items(text: str) -> list[dict]:
+    items = []
+    for piece in _PLACEHOLDER.split(text):
+        if piece in ("<image>", "<video>"):
+            items.append({"type": piece[1:-1]})
+        elif piece:
+            items.append({"type": "text", "text": piece})
+    return items
+
+
+def _success(sample: StudentSample, threshold: float) -> bool:
+    return float(sample.score) > threshold
 
 
 def pick_siblings(
     samples: Sequence[StudentSample], config: TeacherConfig, step: int = 0
-) -> tuple[list[int | None], int]:
-    """For each row, the index of a successful other member of its uid group, or None.
+) -> tuple[list[int | None], int, list[int | None]]:
+    """Sibling sources per row from the other members of its uid group (never itself, never padding).
 
-    Successful: ``score >= config.success_threshold``. Never the row itself, never a padding row.
-    ``random``: a seeded choice, a function of ``(seed, step, uid, row)`` only; ``shortest``: the
-    shortest successful response (lowest index on ties). Returns ``(choices, rows_without_sibling)``.
+    A success is ``score > config.success_threshold`` (released: reward score > 0). ``shortest_pair``
+    (released SDPO): the shortest successful and the shortest failed sibling (lowest index on ties);
+    the row has a teacher when either exists. ``shortest``/``random`` (seeded by ``(seed, step, uid,
+    row)``): one successful sibling; no failed one. Returns ``(success, rows_without_any, failed)``.
     """
     groups: dict[Any, list[int]] = {}
     for i, s in enumerate(samples):
@@ -129,38 +190,69 @@ def pick_siblings(
             if s.score is None:
                 raise ValueError(f"row {i} (uid {s.uid}): hint source 'sibling' needs the row's reward score")
             groups.setdefault(s.uid, []).append(i)
-    choices: list[int | None] = []
+    shortest = lambda idx: min(idx, key=lambda j: (len(samples[j].response_ids), j)) if idx else None  # noqa: E731
+    good: list[int | None] = []
+    bad: list[int | None] = []
     missing = 0
     for i, s in enumerate(samples):
         if s.is_padding:
-            choices.append(None)
+            good.append(None)
+            bad.append(None)
             continue
-        candidates = [j for j in groups[s.uid] if j != i and float(samples[j].score) >= config.success_threshold]
-        if not candidates:
-            choices.append(None)
-            missing += 1
+        others = [j for j in groups[s.uid] if j != i]
+        wins = [j for j in others if _success(samples[j], config.success_threshold)]
+        g = b = None
+        if config.sibling_pick == "shortest_pair":
+            g, b = shortest(wins), shortest([j for j in others if j not in wins])
         elif config.sibling_pick == "shortest":
-            choices.append(min(candidates, key=lambda j: (len(samples[j].response_ids), j)))
-        else:
-            rng = random.Random(f"{config.seed}:{step}:{s.uid}:{groups[s.uid].index(i)}")
-            choices.append(rng.choice(candidates))
-    return choices, missing
+            g = shortest(wins)
+        elif wins:
+            g = random.Random(f"{config.seed}:{step}:{s.uid}:{groups[s.uid].index(i)}").choice(wins)
+        good.append(g)
+        bad.append(b)
+        missing += g is None and b is None
+    return good, missing, bad
+
+
+def _bind_rope_index(processor):
+    """The processor itself when it carries ``get_rope_index`` (verl's ``hf_processor`` binds the
+    model's), a copy bound to the model family's function for a plain Qwen3-VL processor, else None
+    for a processor without M-RoPE. Any other vision processor raises: never guess positions."""
+    if processor is None or hasattr(processor, "get_rope_index"):
+        return processor
+    name = type(processor).__name__
+    if name == "Qwen3VLProcessor":
+        from transformers.models.qwen3_vl import Qwen3VLModel
+
+        # Qwen3VLModel.get_rope_index reads only vision_config.spatial_merge_size from the config
+        bound = copy.copy(processor)
+        merge = int(processor.image_processor.merge_size)
+        bound.config = types.SimpleNamespace(vision_config=types.SimpleNamespace(spatial_merge_size=merge))
+        bound.get_rope_index = types.MethodType(Qwen3VLModel.get_rope_index, bound)
+        bound.get_vision_position_ids = types.MethodType(Qwen3VLModel.get_vision_position_ids, bound)
+        return bound
+    if getattr(getattr(processor, "image_processor", None), "merge_size", None) is not None:
+        raise ValueError(
+            f"{name} has no get_rope_index: the teacher's M-RoPE position ids cannot be computed; load the "
+            "processor with verl.utils.hf_processor (it binds the model's get_rope_index)"
+        )
+    return processor
 
 
 class PrivilegedPromptBuilder:
     """Builds teacher inputs from student rows. ``tokenizer``/``processor`` are verl's (HF) ones.
 
-    ``processor`` may be None for a text-only model; with a Qwen-VL processor loaded through verl's
-    ``hf_processor`` it carries the model's ``get_rope_index``. ``chat_template_kwargs``: verl's
+    ``processor`` may be None for a text-only model. ``chat_template_kwargs``: verl's
     ``data.apply_chat_template_kwargs``, so the teacher's chat rendering matches the student's.
     """
 
     def __init__(self, tokenizer, processor, config: TeacherConfig, chat_template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
-        self.processor = processor
+        self.processor = _bind_rope_index(processor)
         self.config = config
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.template = load_template(config.template)
+        processor = self.processor
         self._chat = processor if processor is not None and hasattr(processor, "apply_chat_template") else tokenizer
         self.image_token = getattr(processor, "image_token", None) if processor is not None else None
         self.video_token = getattr(processor, "video_token", None) if processor is not None else None
@@ -169,57 +261,75 @@ class PrivilegedPromptBuilder:
         self.video_token_id = ids(self.video_token) if self.video_token else None
         image_processor = getattr(processor, "image_processor", None)
         self.merge_size = int(getattr(image_processor, "merge_size", 1) or 1)
-        self.marker_ids = tokenizer.encode(config.truncation_marker, add_special_tokens=False)
 
     # ---------------------------------------------------------------- hints
+    def _resolve_hint(self, sample: StudentSample) -> tuple[str | None, bool]:
+        """``(hint text or None, fell back to the answer)``."""
+
+        def text(value):
+            if isinstance(value, (list, tuple)):
+                value = ", ".join(str(v) for v in value)
+            return None if value is None or not str(value).strip() else str(value)
+
+        answer = text(sample.ground_truth)
+        if self.config.hint == "answer":
+            return answer, False
+        trace = text((sample.extra_info or {}).get(self.config.reference_field))
+        return (trace, False) if trace is not None else (answer, answer is not None)
+
     def hints(self, samples: Sequence[StudentSample], step: int = 0) -> HintResult:
         """The hint text per row and whether the row gets a teacher signal."""
         valid = torch.ones(len(samples), dtype=torch.bool)
         if self.config.hint == "sibling":
-            choices, missing = pick_siblings(samples, self.config, step)
-            hints: list[str | None] = []
-            for i, j in enumerate(choices):
-                if j is None:
-                    valid[i] = False
-                    hints.append(None)
-                else:
-                    hints.append(self.tokenizer.decode(list(samples[j].response_ids), skip_special_tokens=True))
-            return HintResult(hints, valid, choices, missing)
-        hints = []
+            good, missing, bad = pick_siblings(samples, self.config, step)
+            decode = lambda j: "" if j is None else self.tokenizer.decode(  # noqa: E731
+                list(samples[j].response_ids), skip_special_tokens=True).strip()
+            hints, failed = [], []
+            for i, (g, b) in enumerate(zip(good, bad)):
+                valid[i] = not samples[i].is_padding and (g is not None or b is not None)
+                hints.append(decode(g) if valid[i] else None)
+                failed.append(decode(b))
+            return HintResult(hints, valid, good, missing, failed=failed, failed_index=bad)
+        hints, fallback, missing = [], 0, 0
         for i, s in enumerate(samples):
-            if s.is_padding:
+            hint, fell_back = (None, False) if s.is_padding else self._resolve_hint(s)
+            fallback += fell_back
+            if hint is None:
                 valid[i] = False
-                hints.append(None)
-            else:
-                hints.append(_resolve_hint_text(s, i, self.config))
-        return HintResult(hints, valid, [None] * len(samples), 0)
+                missing += not s.is_padding
+            hints.append(hint)
+        return HintResult(hints, valid, [None] * len(samples), 0, hint_fallback=fallback, hint_missing=missing)
+
+    def _cut(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """``text`` cut to ``max_tokens`` tokens (start kept, marker appended); whether it was cut."""
+        if not text:
+            return text, False
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= max_tokens:
+            return text, False
+        if max_tokens <= 0:
+            return "", True
+        cut = self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
+        return cut + self.config.truncation_marker, True
 
     # ---------------------------------------------------------------- prompt
-    def teacher_messages(self, messages: list[dict], hint: str) -> list[dict]:
-        """``messages`` with the last user turn wrapped by the template (images stay in place)."""
-        text = self.template.render(
-            prompt=_PROMPT_SENTINEL, hint=hint, format_instruction=self.config.format_instruction
-        )
-        before, after = text.split(_PROMPT_SENTINEL)
-        out = copy.copy(list(messages))
-        for k in range(len(out) - 1, -1, -1):
-            if out[k].get("role") == "user":
-                break
-        else:
-            raise ValueError("the student prompt has no user message to attach the hint to")
-        msg = dict(out[k])
-        content = msg.get("content")
-        if isinstance(content, str):
-            msg["content"] = before + content + after
-        else:
-            items = list(content or [])
-            msg["content"] = (
-                ([{"type": "text", "text": before}] if before else [])
-                + items
-                + ([{"type": "text", "text": after}] if after else [])
-            )
-        out[k] = msg
-        return out
+    def context(self, sample: StudentSample) -> tuple[str | None, list[dict]]:
+        """``(context text with placeholders, messages before the teacher turn)``; None: not available."""
+        if self.config.context == "question":
+            return question_context(sample.extra_info), []
+        return _student_context(sample)
+
+    def teacher_messages(self, context: str, hint: str, failed: str = "", history: Sequence[dict] = ()) -> list[dict]:
+        """``history`` + one user turn: the template rendered with the real context text (so a template
+        may branch on it); only the context's ``<image>``/``<video>`` placeholders become image items."""
+        text = _render(self.template, context, _escape(hint), _escape(failed), _escape(self.config.format_instruction))
+        items = [
+            {"type": it["type"], "text": it["text"].replace(_ESCAPE, "")} if it["type"] == "text" else it
+            for it in _content_items(text)
+        ]
+        if all(it["type"] == "text" for it in items):
+            items = "".join(it["text"] for it in items)
+        return [*history, {"role": "user", "content": items}]
 
     def render_prompt_ids(self, messages: list[dict], multi_modal_inputs: dict | None) -> list[int]:
         """Chat template + placeholder expansion (one pad token per merged patch) + tokenization."""
@@ -243,6 +353,14 @@ class PrivilegedPromptBuilder:
             out.append(token * (g // self.merge_size**2))
             out.append(part)
         return "".join(out)
+
+    @staticmethod
+    def _placeholders_match(context: str, mm: dict) -> bool:
+        def count(key):
+            grid = mm.get(key)
+            return 0 if grid is None else len(grid)
+
+        return context.count("<image>") == count("image_grid_thw") and context.count("<video>") == count("video_grid_thw")
 
     # ---------------------------------------------------------------- positions
     def position_ids(self, input_ids: torch.Tensor, multi_modal_inputs: dict | None) -> torch.Tensor:
@@ -271,19 +389,50 @@ class PrivilegedPromptBuilder:
         return torch.cat([text.unsqueeze(0), vision[:, 0].to(torch.long)], dim=0)
 
     # ---------------------------------------------------------------- build
-    def build_one(self, sample: StudentSample, hint: str | None, row: int = 0) -> TeacherSample:
+    def _fit(self, context: str, history: list, hint: str, failed: str, budget: int | None, mm: dict):
+        """Prompt ids with hints cut to ``max_hint_length`` and, if needed, further to fit ``budget``.
+
+        Returns ``(prompt ids or None when even empty hints do not fit, hint cut?)``.
+        """
+
+        def attempt(limit):
+            (h, cut_h), (f, cut_f) = self._cut(hint, limit), self._cut(failed, limit)
+            return self.render_prompt_ids(self.teacher_messages(context, h, f, history), mm), cut_h or cut_f
+
+        prompt, cut = attempt(int(self.config.max_hint_length))
+        if budget is None or len(prompt) <= budget:
+            return prompt, cut
+        if len(attempt(0)[0]) > budget:
+            return None, True
+        # the largest per-text token cap that fits (binary search; a handful of renders, rare rows only)
+        lo, hi = 0, int(self.config.max_hint_length) - 1
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            p, _ = attempt(mid)
+            if len(p) <= budget:
+                best, lo = p, mid + 1
+            else:
+                hi = mid - 1
+        return best, True
+
+    def build_one(self, sample: StudentSample, hint: str | None, row: int = 0, failed: str = "") -> TeacherSample:
         """Teacher inputs of one row; ``hint=None`` (or a padding row) reuses the student prompt."""
         response = torch.as_tensor(list(sample.response_ids), dtype=torch.long)
         mm = sample.multi_modal_inputs if sample.multi_modal_inputs is not None else {}
-        truncated = False
-        if hint is None or sample.is_padding:
-            prompt = list(sample.prompt_ids)
-        else:
-            prompt = self.render_prompt_ids(self.teacher_messages(sample.messages, hint), mm)
+        truncated = over = fallback = False
+        prompt = None
+        if hint is not None and not sample.is_padding:
+            context, history = self.context(sample)
+            if context is None or not self._placeholders_match(context, mm):
+                # e.g. data without extra_info.question: the student's own last turn as the context
+                fallback = True
+                context, history = _student_context(sample)
             budget = None if self.config.max_length is None else int(self.config.max_length) - len(response)
-            if budget is not None and len(prompt) > budget:
-                prompt = self._truncate_hint(sample, hint, budget, row, mm)
-                truncated = True
+            prompt, truncated = self._fit(context, history, hint, failed or "", budget, mm)
+            over = prompt is None
+        if prompt is None:
+            prompt = list(sample.prompt_ids)
         prompt_t = torch.as_tensor(prompt, dtype=torch.long)
         input_ids = torch.cat([prompt_t, response])
         return TeacherSample(
@@ -291,38 +440,39 @@ class PrivilegedPromptBuilder:
             input_ids=input_ids,
             position_ids=self.position_ids(input_ids, mm),
             multi_modal_inputs=mm,
-            hint_truncated=truncated,
+            hint_truncated=truncated and not over,
+            over_budget=over,
+            context_fallback=fallback,
         )
 
-    def _truncate_hint(self, sample: StudentSample, hint: str, budget: int, row: int, mm: dict) -> list[int]:
-        hint_ids = self.tokenizer.encode(hint, add_special_tokens=False)
-        full = len(self.render_prompt_ids(self.teacher_messages(sample.messages, hint), mm))
-        keep = len(hint_ids) - (full - budget) - len(self.marker_ids)
-        while True:
-            keep = max(keep, 0)
-            cut = self.tokenizer.decode(hint_ids[:keep]) + self.config.truncation_marker
-            prompt = self.render_prompt_ids(self.teacher_messages(sample.messages, cut), mm)
-            if len(prompt) <= budget:
-                return prompt
-            if keep == 0:
-                raise ValueError(
-                    f"row {row}{f' (uid {sample.uid})' if sample.uid else ''}: the teacher prompt without its hint "
-                    f"({len(prompt)} tokens) plus the response ({len(sample.response_ids)} tokens) exceeds "
-                    f"algorithm.teacher.max_length={self.config.max_length}; raise it"
-                )
-            keep -= len(prompt) - budget
-
     def build(self, samples: Sequence[StudentSample], step: int = 0) -> tuple[list[TeacherSample], HintResult, dict]:
-        """Teacher inputs for a batch, the hints used and metrics (``teacher/hint_truncated`` ...)."""
+        """Teacher inputs for a batch, the hints used (``valid`` includes the over-budget rows) and metrics."""
         hint_result = self.hints(samples, step)
-        out = [self.build_one(s, h, i) for i, (s, h) in enumerate(zip(samples, hint_result.hints))]
+        failed = hint_result.failed or [""] * len(samples)
+        out = [self.build_one(s, h, i, f) for i, (s, h, f) in enumerate(zip(samples, hint_result.hints, failed))]
+        for i, t in enumerate(out):
+            if t.over_budget:
+                hint_result.valid[i] = False
         metrics = {
             "teacher/hint_truncated": float(sum(t.hint_truncated for t in out)),
+            "teacher/rows_over_budget": float(sum(t.over_budget for t in out)),
+            "teacher/context_fallback": float(sum(t.context_fallback for t in out)),
+            "teacher/hint_fallback": float(hint_result.hint_fallback),
+            "teacher/hint_missing": float(hint_result.hint_missing),
             "teacher/no_sibling": float(hint_result.no_sibling),
             "teacher/valid_frac": float(hint_result.valid.float().mean()) if len(samples) else 0.0,
             "teacher/prompt_length_mean": float(sum(len(t.prompt_ids) for t in out) / max(len(out), 1)),
         }
         return out, hint_result, metrics
+
+
+def _student_context(sample: StudentSample) -> tuple[str, list[dict]]:
+    """The student's last user turn as text with placeholders, and the turns before it."""
+    messages = list(sample.messages)
+    for k in range(len(messages) - 1, -1, -1):
+        if messages[k].get("role") == "user":
+            return _flatten_turn(messages[k].get("content")), messages[:k]
+    return "", messages
 
 
 @lru_cache(maxsize=None)

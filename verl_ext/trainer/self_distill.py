@@ -15,7 +15,9 @@ same images + hint + the same response tokens) -> **teacher log-probs** of the s
 verl's worker groups (``live``: the actor's ``compute_log_prob``; ``frozen``/``ema``: the ref
 model's ``compute_ref_log_prob``, the ref slot holding the teacher copy) -> advantage with
 ``teacher_log_probs``, ``old_log_probs``, ``global_step`` (+ ``teacher_valid``, ``reweight_mask``)
--> PPO update. For estimators outside ``TEACHER_ESTIMATORS`` (``grpo``) nothing is added.
+-> PPO update. Rows without a teacher signal (over the length budget, no hint, no sibling) get
+``teacher_log_probs = old_log_probs`` (delta 0: rlsd and grpo_opsd keep ``A_i``) and
+``teacher_valid`` false (opsd and sdpo: advantage 0); they are counted, never raised on. For estimators outside ``TEACHER_ESTIMATORS`` (``grpo``) nothing is added.
 
 Teacher weights (``algorithm.teacher.mode``):
 - ``frozen``: the ref copy, re-synced from the policy at steps ``s`` with ``(s - 1) % sync_every == 0``
@@ -54,6 +56,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from verl_ext.algorithms.registry import TEACHER_ESTIMATORS, TEACHER_TRAINER_MODE
 from verl_ext.diagnostics import TrainerDiagnostics
+from verl_ext.preflight import multiple_update_problems, one_update_message
 from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
 from verl_ext.trainer.schedule import TeacherSchedule
 from verl_ext.trainer.thought import thought_mask
@@ -137,13 +140,11 @@ class SelfDistillTrainer(PPOTrainerSync):
         self.teacher_schedule: TeacherSchedule | None = None
         if not self.teacher_enabled:
             return
-        data = config.data
-        default_len = None
-        if data.get("max_prompt_length") is not None and data.get("max_response_length") is not None:
-            default_len = int(data.max_prompt_length) + int(data.max_response_length)
-        self.teacher_config = TeacherConfig.resolve(
-            config.algorithm.get("teacher", None), self.estimator, max_length=default_len, seed=data.get("seed", None)
-        )
+        self.teacher_config = TeacherConfig.from_verl(config)
+        problems = multiple_update_problems(config)
+        if problems and not self.teacher_config.allow_multiple_updates:
+            raise ValueError(one_update_message(problems))
+        self._multiple_updates = bool(problems)
         self.teacher_schedule = TeacherSchedule(
             self.teacher_config.mode, self.teacher_config.sync_every, self.teacher_config.ema_rate
         )
@@ -239,8 +240,9 @@ class SelfDistillTrainer(PPOTrainerSync):
             )
         return self._teacher_builder
 
-    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
+    # The teacher pass in three parts: inputs (builder) -> log-probs (verl's workers) -> advantage.
+    def _build_teacher_inputs(self, batch: KVBatchMeta, metrics: dict):
+        """Student rows from TransferQueue -> teacher inputs, hints (``valid``), response masks."""
         for key in batch.keys:
             if not key.endswith("_0"):
                 raise NotImplementedError(
@@ -251,11 +253,19 @@ class SelfDistillTrainer(PPOTrainerSync):
         response_masks = _rows(data["response_mask"], len(samples))
         teacher, hints, build_metrics = self._builder().build(samples, step=self.global_steps)
         metrics.update(build_metrics)
+        return samples, teacher, hints, response_masks
+
+    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
+        samples, teacher, hints, response_masks = self._build_teacher_inputs(batch, metrics)
         if not bool(hints.valid.any()):
-            # e.g. sdpo before any group has a success: no row gets a teacher signal, skip the forward
+            # e.g. sdpo before any group has a sibling: no row gets a teacher signal, skip the forward
             empty = [torch.zeros(len(s.response_ids)) for s in samples]
             return torch.nested.as_nested_tensor(empty, layout=torch.jagged), hints.valid, samples
+        return self._teacher_forward(batch, teacher, response_masks), hints.valid, samples
 
+    def _teacher_forward(self, batch: KVBatchMeta, teacher: list, response_masks: list) -> torch.Tensor:
+        """Log-probs of the response tokens under the teacher through verl's workers (nested ``[B, R_i]``)."""
         rows, tags = [], []
         for t, mask in zip(teacher, response_masks):
             rows.append(
@@ -293,7 +303,7 @@ class SelfDistillTrainer(PPOTrainerSync):
             teacher_log_probs = response_from_nested(out["log_probs"], out["response_mask"])
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
-        return teacher_log_probs, hints.valid, samples
+        return teacher_log_probs
 
     # ------------------------------------------------------------------ advantage
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
@@ -329,6 +339,13 @@ class SelfDistillTrainer(PPOTrainerSync):
 
         mask = data.batch["response_mask"]
         old_log_probs = data.batch["old_log_probs"]
+        # rows without a teacher signal: delta = 0 (rlsd, grpo_opsd keep A_i; opsd, sdpo get 0 via teacher_valid)
+        teacher_log_probs = without_invalid_rows(teacher_log_probs, old_log_probs, teacher_valid)
+        if self._multiple_updates:
+            logger.warning(
+                "algorithm.teacher.allow_multiple_updates: more than one policy update per rollout step, so delta "
+                "uses old log-probs that are stale after the first update"
+            )
         kwargs: dict[str, Any] = {}
         rlsd_opts = self.config.algorithm.get("rlsd", None) or {}
         if self.estimator == "rlsd" and rlsd_opts.get("thought_only", False):
@@ -376,6 +393,14 @@ class SelfDistillTrainer(PPOTrainerSync):
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
 
+def without_invalid_rows(
+    teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``teacher_log_probs`` with invalid rows replaced by ``old_log_probs`` (delta exactly 0 there)."""
+    keep = valid.to(teacher_log_probs.device).bool().unsqueeze(-1)
+    return torch.where(keep, teacher_log_probs, old_log_probs.to(teacher_log_probs.dtype))
+
+
 def teacher_gap_metrics(
     teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor, valid: torch.Tensor
 ) -> dict[str, float]:
@@ -391,4 +416,4 @@ def teacher_gap_metrics(
     }
 
 
-__all__ = ["SelfDistillTrainer", "student_samples_from_tensordict", "teacher_gap_metrics"]
+__all__ = ["SelfDistillTrainer", "student_samples_from_tensordict", "teacher_gap_metrics", "without_invalid_rows"]

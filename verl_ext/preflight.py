@@ -65,6 +65,9 @@ def check_estimator(config: DictConfig) -> None:
             from verl_ext.privileged.config import TeacherConfig
 
             TeacherConfig.resolve(config.algorithm.get("teacher"), name)
+        from verl_ext.distill.config import check_config as check_distill
+
+        check_distill(config)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
 

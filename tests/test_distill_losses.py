@@ -133,3 +133,16 @@ def test_gather_log_probs_matches_log_softmax():
     ids = torch.randint(0, 9, (5, 4))
     ref = torch.log_softmax(logits, -1).gather(-1, ids)
     assert torch.allclose(gather_log_probs(logits, ids, chunk_rows=2), ref, atol=1e-6)
+
+
+def test_gather_log_probs_rows_gradient_matches_autograd_of_log_softmax():
+    torch.manual_seed(1)
+    logits = torch.randn(7, 13, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([1, 2, 5, 6])
+    ids = torch.randint(0, 13, (4, 3))
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    (g,) = torch.autograd.grad((gather_log_probs(logits, ids, chunk_rows=3, rows=rows) * weights).sum(), logits)
+    (g_ref,) = torch.autograd.grad((torch.log_softmax(logits[rows], -1).gather(-1, ids) * weights).sum(), logits)
+    assert torch.allclose(g, g_ref, atol=1e-12)
+    assert g[[0, 3, 4]].abs().max() == 0  # rows outside the selection get no gradient
+    assert torch.autograd.gradcheck(lambda x: gather_log_probs(x, ids, 2, rows), (logits,))

@@ -111,11 +111,7 @@ class TopkRecorder:
 
 def gather_log_probs_rows(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, chunk_rows: int) -> torch.Tensor:
     """``log_softmax(logits[rows])[ids]`` ``[n, k]``, one ``[chunk_rows, V]`` fp32 block at a time."""
-    out = [
-        gather_log_probs(logits.index_select(0, rows[s : s + chunk_rows]), ids[s : s + chunk_rows], chunk_rows)
-        for s in range(0, rows.numel(), chunk_rows)
-    ]
-    return torch.cat(out) if out else logits.new_zeros((0, ids.shape[-1]), dtype=torch.float32)
+    return gather_log_probs(logits, ids, chunk_rows, rows=rows)
 
 
 def _scatter_rows(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:

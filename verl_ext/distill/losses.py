@@ -90,21 +90,55 @@ def topk_divergence(
     return generalized_jsd(s, h, alpha)
 
 
-def gather_log_probs(logits: torch.Tensor, ids: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
-    """``log_softmax(logits)[ids]`` ``[N, V] x [N, k] -> [N, k]`` (fp32), ``chunk_rows`` rows at a time.
+class _GatherLogProbs(torch.autograd.Function):
+    """``log_softmax(logits[rows])[ids]`` without saving any ``[n, V]`` fp32 block for backward.
 
-    Only one ``[chunk_rows, V]`` fp32 block exists at once (``log_softmax(x)[j] = x_j - logsumexp(x)``);
-    gradients flow to ``logits``.
+    Forward keeps only the per-row logsumexp; backward recomputes ``softmax`` chunk by chunk:
+    ``d/dx_v (x_j - lse) = [v = j] - p_v``.
     """
-    if logits.dim() != 2 or ids.dim() != 2 or logits.shape[0] != ids.shape[0]:
-        raise ValueError(f"expected logits [N, V] and ids [N, k], got {tuple(logits.shape)} and {tuple(ids.shape)}")
-    out = []
-    for s in range(0, logits.shape[0], chunk_rows):
-        block = _f32(logits[s : s + chunk_rows])
-        out.append(block.gather(-1, ids[s : s + chunk_rows]) - torch.logsumexp(block, dim=-1, keepdim=True))
-    if not out:
-        return _f32(logits.new_zeros(ids.shape))
-    return torch.cat(out, dim=0)
+
+    @staticmethod
+    def forward(ctx, logits, rows, ids, chunk_rows):
+        lse = torch.empty(rows.numel(), dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32,
+                          device=logits.device)
+        out = torch.empty(ids.shape, dtype=lse.dtype, device=logits.device)
+        for s in range(0, rows.numel(), chunk_rows):
+            block = _f32(logits.index_select(0, rows[s : s + chunk_rows]))
+            lse[s : s + chunk_rows] = torch.logsumexp(block, dim=-1)
+            out[s : s + chunk_rows] = block.gather(-1, ids[s : s + chunk_rows]) - lse[s : s + chunk_rows, None]
+        ctx.save_for_backward(logits, rows, ids, lse)
+        ctx.chunk_rows = chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, rows, ids, lse = ctx.saved_tensors
+        grad = torch.zeros_like(logits)
+        for s in range(0, rows.numel(), ctx.chunk_rows):
+            r = rows[s : s + ctx.chunk_rows]
+            g_out = grad_out[s : s + ctx.chunk_rows].to(lse.dtype)
+            g = -torch.exp(_f32(logits.index_select(0, r)) - lse[s : s + ctx.chunk_rows, None]) * g_out.sum(-1, keepdim=True)
+            g.scatter_add_(-1, ids[s : s + ctx.chunk_rows], g_out)
+            grad.index_add_(0, r, g.to(grad.dtype))
+        return grad, None, None, None
+
+
+def gather_log_probs(
+    logits: torch.Tensor, ids: torch.Tensor, chunk_rows: int = 1024, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``log_softmax(logits[rows])[ids]`` ``[N, V] x [n, k] -> [n, k]`` (at least fp32); ``rows``
+    defaults to all N rows.
+
+    One ``[chunk_rows, V]`` fp32 block exists at a time, in forward and in backward (which recomputes
+    the softmax from the saved logsumexp); gradients flow to ``logits``.
+    """
+    if rows is None:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+    if logits.dim() != 2 or ids.dim() != 2 or rows.numel() != ids.shape[0]:
+        raise ValueError(
+            f"expected logits [N, V], ids [n, k] and n rows, got {tuple(logits.shape)}, {tuple(ids.shape)}, {rows.numel()}"
+        )
+    return _GatherLogProbs.apply(logits, rows.to(logits.device), ids.to(logits.device), int(chunk_rows))
 
 
 @torch.no_grad()

@@ -151,3 +151,8 @@ def test_options_and_checks():
     cfg.actor_rollout_ref.model.use_fused_kernels = True
     with pytest.raises(ValueError, match="use_fused_kernels=false"):
         check_config(cfg)
+    cfg.actor_rollout_ref.model.use_fused_kernels = False
+    check_config(cfg)
+    cfg.algorithm.rollout_correction = {"bypass_mode": True}
+    with pytest.raises(ValueError, match="bypass_mode"):
+        check_config(cfg)

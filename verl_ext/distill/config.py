@@ -102,6 +102,12 @@ def check_config(config: Any) -> None:
             f"algorithm.distill.loss={opts.loss} needs actor_rollout_ref.actor.ulysses_sequence_parallel_size=1 "
             f"(got {sp}): the top-k values are aligned to whole sequences"
         )
+    corr = config.algorithm.get("rollout_correction", None) or {}
+    if corr.get("bypass_mode", False):
+        raise ValueError(
+            f"algorithm.distill.loss={opts.loss} records the student's top-k ids in the old-log-prob forward, which "
+            "algorithm.rollout_correction.bypass_mode=true skips; set it to false"
+        )
     model = config.actor_rollout_ref.model
     if model.get("use_fused_kernels", False):
         raise ValueError(

@@ -4,6 +4,8 @@ update's per-token divergence, each against an independent computation on padded
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -156,3 +158,37 @@ def test_options_and_checks():
     cfg.algorithm.rollout_correction = {"bypass_mode": True}
     with pytest.raises(ValueError, match="bypass_mode"):
         check_config(cfg)
+
+
+def test_loss_aggregation_with_importance_weight_and_invalid_rows():
+    """verl's token-mean over the batch's tokens of min(exp(logp - logp_old), clip) * divergence,
+    rows without a teacher contributing 0, worked out by hand on 2 rows of 3 + 2 tokens."""
+    from types import SimpleNamespace
+
+    from verl_ext.distill.actor import VALID, self_distill_loss
+
+    prompts = [torch.tensor([1, 2]), torch.tensor([3])]
+    responses = [torch.tensor([4, 5, 6]), torch.tensor([7, 8])]
+    # per packed position: position P-1+t scores response token t; 9.0 marks positions that score no response token
+    div = [torch.tensor([9.0, 0.5, 1.0, 2.0, 9.0]), torch.tensor([3.0, 4.0, 9.0])]
+    lp = [torch.tensor([9.0, -1.0, -1.0, -1.0, 9.0]), torch.tensor([-2.0, -2.0, 9.0])]
+    old = nested([torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-2.0, -2.0])])
+    td, _ = micro_batch(prompts, responses, old_log_probs=old, **{VALID: torch.tensor([1.0, 0.0])})
+    from verl.utils import tensordict_utils as tu
+
+    tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=5, global_batch_size=2)
+    out = {
+        "distill_losses": nested(div),
+        "distill_student_mass": nested([torch.full((5,), 0.9), torch.full((3,), 0.8)]),
+        "distill_teacher_mass": nested([torch.full((5,), 0.7), torch.full((3,), 0.6)]),
+        "log_probs": nested(lp),
+    }
+    config = SimpleNamespace(loss_agg_mode="token-mean", global_batch_info={}, loss_scale_factor=None)
+    opts = DistillOptions(loss="jsd_topk", is_clip=2.0)
+    loss, metrics = self_distill_loss(config, opts, "sdpo", coef=1.0, model_output=out, data=td)
+    # row 0: divergences 0.5, 1.0, 2.0 with ratios exp(0) = 1, exp(1) -> 2 (clipped), exp(-0.5)
+    expected = (0.5 * 1.0 + 1.0 * 2.0 + 2.0 * math.exp(-0.5)) / 5  # row 1 has no teacher: 0; 5 tokens in the batch
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert metrics["distill/is_clip_frac"].aggregate() == pytest.approx(1 / 3)
+    assert metrics["distill/valid_frac"].aggregate() == pytest.approx(0.5)
+    assert metrics["distill/teacher_topk_mass"].aggregate() == pytest.approx(0.7)

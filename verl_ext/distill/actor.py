@@ -141,8 +141,9 @@ def compute_jsd_topk(config, distillation_config, model_output: dict, data: Tens
     t_mass = no_padding_2_padding(model_output["distill_teacher_mass"], data)
     mask = data["response_mask"]
     mask = (mask.to_padded_tensor(0) if mask.is_nested else mask).bool()
-    valid = data[VALID].to(losses.device).bool() if VALID in data.keys() else torch.ones(mask.shape[0], dtype=torch.bool)
-    active = mask & valid.unsqueeze(-1).to(mask.device)
+    mask = mask.to(losses.device)
+    valid = data[VALID].to(losses.device).bool() if VALID in data.keys() else mask.new_ones(mask.shape[0])
+    active = mask & valid.unsqueeze(-1)
     metrics: dict[str, Any] = {}
     weights = torch.ones_like(losses)
     is_clip = tu.get_non_tensor_data(data=data, key=IS_CLIP, default=None)

@@ -102,6 +102,21 @@ def test_student_ids_and_teacher_values_align_with_sampled_log_probs(model):
         assert torch.allclose(values[b], lsm.gather(-1, support[b]), atol=1e-5)
 
 
+def test_teacher_support_records_the_teachers_own_top_k(model):
+    vocab = model.config.get_text_config().vocab_size
+    prompts, responses = make_rows(vocab, seed=2)
+    td, seqs = micro_batch(prompts, responses)
+    packed, padded = packed_and_padded_logits(model, seqs)
+    rec = TopkRecorder("teacher_topk", topk=5, chunk_rows=4)
+    rec(student_logits=packed, data=td)
+    ids, values = rec.nested(2, ids=True), rec.nested(2)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        lsm = torch.log_softmax(padded[b, len(p) - 1 : len(p) + len(r) - 1], -1)
+        top = lsm.topk(5, dim=-1)
+        assert torch.equal(ids[b].long(), top.indices)
+        assert torch.allclose(values[b], top.values, atol=1e-5)
+
+
 def test_update_processor_divergence_and_zero_outside_responses(model):
     vocab = model.config.get_text_config().vocab_size
     prompts, responses = make_rows(vocab, seed=1)
@@ -132,6 +147,8 @@ def test_update_processor_divergence_and_zero_outside_responses(model):
 
 def test_options_and_checks():
     assert DistillOptions(loss="forward_kl_topk", alpha=0.5).effective_alpha == 0.0
+    with pytest.raises(ValueError, match="support"):
+        DistillOptions(loss="jsd_topk", support="mixture")
     with pytest.raises(ValueError, match="algorithm.distill.loss"):
         DistillOptions(loss="jsd")
     with pytest.raises(ValueError, match="adv_estimator=rlsd"):

@@ -41,7 +41,7 @@ TEACHER_TOPK = "distill_teacher_topk"  # [B, R_b, k] fp32: teacher log-probs at 
 VALID = "distill_valid"  # [B] fp32: 1 where the row has a teacher (sdpo: a successful sibling)
 ROW = "distill_row"  # [B] int64 row index, only inside a forward-only pass
 IS_CLIP = "distill_is_clip"  # non-tensor: the importance-weight clip of the update
-PASS_FLAG = "distill_topk_pass"  # non-tensor flag of a forward-only pass: "student" | "teacher"
+PASS_FLAG = "distill_topk_pass"  # non-tensor flag of a forward-only pass: "student" | "teacher" | "teacher_topk"
 REGISTRY_NAME = "jsd_topk"  # in verl's distillation-loss registry
 # Per-token loss clamp, as verl's loss_max_clamp and the released code's [-10, 10] (JSD/KL >= 0).
 LOSS_CLAMP = 10.0
@@ -73,26 +73,33 @@ def _flat(nested: torch.Tensor) -> torch.Tensor:
 class TopkRecorder:
     """Loss function of a forward-only pass: records ``[R_b, k]`` per row, returns no outputs.
 
-    ``mode="student"``: the top-k ids of the logits; ``"teacher"``: the log-probs at ``data[TOPK_IDS]``.
+    ``mode="student"``: the top-k ids of the logits; ``"teacher"``: the log-probs at ``data[TOPK_IDS]``;
+    ``"teacher_topk"``: the top-k ids of the logits and the log-probs at them (``ids`` holds the ids).
     Results are keyed by ``data[ROW]`` because verl's dynamic batching reorders rows across micro-batches.
     """
 
     def __init__(self, mode: str, topk: int, chunk_rows: int = 1024):
-        if mode not in ("student", "teacher"):
+        if mode not in ("student", "teacher", "teacher_topk"):
             raise ValueError(f"unknown top-k pass {mode!r}")
         self.mode, self.topk, self.chunk_rows = mode, int(topk), int(chunk_rows)
         self.rows: dict[int, torch.Tensor] = {}
+        self.ids: dict[int, torch.Tensor] = {}
 
     def __call__(self, student_logits=None, data=None, model_output=None, dp_group=None, **_: Any):
         if student_logits is None:  # called as the loss of a forward-only pass
             return torch.zeros((), device=data["input_ids"].device), {}
         logits = student_logits[0]
         rows, lens = response_rows(data, logits.shape[0])
-        if self.mode == "student":
+        if self.mode in ("student", "teacher_topk"):
             vocab = logits.shape[-1]
             if vocab >= 2**31:
                 raise ValueError(f"vocabulary of {vocab} does not fit int32 ids")
-            values = topk_ids(logits.index_select(0, rows), self.topk, self.chunk_rows).to(torch.int32)
+            ids = topk_ids(logits.index_select(0, rows), self.topk, self.chunk_rows)
+            values = ids.to(torch.int32)
+            if self.mode == "teacher_topk":
+                for r, v in zip(data[ROW].tolist(), values.split(lens)):
+                    self.ids[int(r)] = v.cpu()
+                values = gather_log_probs_rows(logits, rows, ids, self.chunk_rows)
         else:
             ids = _flat(data[TOPK_IDS]).to(device=logits.device, dtype=torch.long)
             if ids.shape[0] != rows.numel():
@@ -102,11 +109,12 @@ class TopkRecorder:
             self.rows[int(r)] = v.detach().cpu()
         return {}
 
-    def nested(self, n: int) -> torch.Tensor:
-        missing = [i for i in range(n) if i not in self.rows]
+    def nested(self, n: int, ids: bool = False) -> torch.Tensor:
+        store = self.ids if ids else self.rows
+        missing = [i for i in range(n) if i not in store]
         if missing:
             raise RuntimeError(f"top-k pass produced no values for rows {missing[:10]}")
-        return torch.nested.as_nested_tensor([self.rows[i] for i in range(n)], layout=torch.jagged)
+        return torch.nested.as_nested_tensor([store[i] for i in range(n)], layout=torch.jagged)
 
 
 def gather_log_probs_rows(logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, chunk_rows: int) -> torch.Tensor:

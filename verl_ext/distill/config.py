@@ -7,7 +7,9 @@ loss        ``sampled``: the sampled-token form (advantage ``delta_t`` on the PP
             loss, as before); ``jsd_topk``: generalised JSD on the student's top-k
             tokens (+ tail) as the actor's loss; ``forward_kl_topk``: the same with
             ``alpha = 0``, i.e. ``KL(teacher || student)``
-topk        size k of the support (the student's top-k ids at each position)        100
+topk        size k of the support                                                   100
+support     whose top-k ids form the support: ``student`` (SDPO) or ``teacher``     student
+            (the released code's default for its top-k OPSD)
 alpha       mixture weight of the generalised JSD (0 forward KL, 1 reverse KL)      0.5
 tail        add the bucket "all other tokens" (else renormalise over the k ids)     true
 is_clip     per-token importance weight ``min(exp(logp - logp_old), is_clip)``      2.0
@@ -28,6 +30,7 @@ from typing import Any
 from verl_ext.algorithms.checks import options
 
 LOSSES = ("sampled", "jsd_topk", "forward_kl_topk")
+SUPPORTS = ("student", "teacher")
 # Estimators whose teacher signal may be a logit-level loss (rlsd keeps the reward's direction by
 # reweighting A_i, which has no logit-level form).
 LOGIT_ESTIMATORS = ("opsd", "sdpo", "grpo_opsd")
@@ -39,6 +42,7 @@ PURE_DISTILL_ESTIMATORS = ("opsd", "sdpo")
 class DistillOptions:
     loss: str = "sampled"
     topk: int = 100
+    support: str = "student"
     alpha: float = 0.5
     tail: bool = True
     is_clip: float | None = 2.0
@@ -47,6 +51,8 @@ class DistillOptions:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"algorithm.distill.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.support not in SUPPORTS:
+            raise ValueError(f"algorithm.distill.support must be one of {SUPPORTS}, got {self.support!r}")
         if int(self.topk) < 1:
             raise ValueError(f"algorithm.distill.topk must be >= 1, got {self.topk}")
         if not 0.0 <= float(self.alpha) <= 1.0:

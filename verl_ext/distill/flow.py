@@ -49,7 +49,7 @@ class DistillFlow:
 
     # ----------------------------------------------------------------- 1. student pass
     def mark_student_pass(self, batch) -> None:
-        if self.enabled:
+        if self.enabled and self.options.support == "student":
             batch.extra_info[PASS_FLAG] = "student"
 
     def unmark(self, batch) -> None:
@@ -59,6 +59,9 @@ class DistillFlow:
     def add_teacher_inputs(self, batch, rows: list[dict], extra_info: dict) -> None:
         """Put the student's top-k ids into the teacher rows (same order as ``batch.keys``)."""
         if not self.enabled:
+            return
+        if self.options.support == "teacher":  # the teacher forward picks its own top-k
+            extra_info[PASS_FLAG] = "teacher_topk"
             return
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[TOPK_IDS])
         ids = data[TOPK_IDS].unbind()
@@ -76,17 +79,23 @@ class DistillFlow:
         """Copy the teacher's top-k log-probs to the trajectories (zeros when no forward ran)."""
         if not self.enabled:
             return
+        teacher_support = self.options.support == "teacher"
+        fields = {VALID: valid.detach().float().cpu().reshape(-1)}
         if teacher_keys is not None:
-            out = tq.kv_batch_get(keys=teacher_keys, partition_id=teacher_partition, select_fields=[TEACHER_TOPK])
-            values = out[TEACHER_TOPK]
+            select = [TEACHER_TOPK, TOPK_IDS] if teacher_support else [TEACHER_TOPK]
+            out = tq.kv_batch_get(keys=teacher_keys, partition_id=teacher_partition, select_fields=select)
+            fields.update({f: out[f] for f in select})
         else:  # no teacher forward this step (no row had a hint): the loss is masked by distill_valid
-            ids = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[TOPK_IDS])
-            values = torch.nested.as_nested_tensor(
-                [torch.zeros(t.shape, dtype=torch.float32) for t in ids[TOPK_IDS].unbind()], layout=torch.jagged
+            masks = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["response_mask"])
+            lengths = [int(m.shape[0]) for m in masks["response_mask"].unbind()]
+            k = self.options.topk
+            zeros = lambda dtype: torch.nested.as_nested_tensor(  # noqa: E731
+                [torch.zeros((n, k), dtype=dtype) for n in lengths], layout=torch.jagged
             )
-        fields = TensorDict(
-            {TEACHER_TOPK: values, VALID: valid.detach().float().cpu().reshape(-1)}, batch_size=len(batch)
-        )
+            fields[TEACHER_TOPK] = zeros(torch.float32)
+            if teacher_support:
+                fields[TOPK_IDS] = zeros(torch.int32)
+        fields = TensorDict(fields, batch_size=len(batch))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
 

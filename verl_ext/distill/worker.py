@@ -22,7 +22,7 @@ from verl.utils import tensordict_utils as tu
 from verl_ext.distill.actor import PASS_FLAG, ROW, TEACHER_TOPK, TOPK_IDS, TopkRecorder, self_distill_loss
 from verl_ext.distill.config import DistillOptions
 
-_OUTPUT_FIELD = {"student": TOPK_IDS, "teacher": TEACHER_TOPK}
+_OUTPUT_FIELD = {"student": TOPK_IDS, "teacher": TEACHER_TOPK, "teacher_topk": TEACHER_TOPK}
 
 
 class DistillWorkerMixin:
@@ -62,6 +62,8 @@ class DistillWorkerMixin:
         if output is None:  # ranks that do not return outputs
             return None
         output[_OUTPUT_FIELD[mode]] = recorder.nested(n)
+        if mode == "teacher_topk":
+            output[TOPK_IDS] = recorder.nested(n, ids=True)
         return output
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))

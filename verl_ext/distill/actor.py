@@ -94,7 +94,7 @@ class TopkRecorder:
             vocab = logits.shape[-1]
             if vocab >= 2**31:
                 raise ValueError(f"vocabulary of {vocab} does not fit int32 ids")
-            ids = topk_ids(logits.index_select(0, rows), self.topk, self.chunk_rows)
+            ids = topk_ids(logits, self.topk, self.chunk_rows, rows=rows)
             values = ids.to(torch.int32)
             if self.mode == "teacher_topk":
                 for r, v in zip(data[ROW].tolist(), values.split(lens)):

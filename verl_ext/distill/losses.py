@@ -142,11 +142,14 @@ def gather_log_probs(
 
 
 @torch.no_grad()
-def topk_ids(logits: torch.Tensor, k: int, chunk_rows: int = 1024) -> torch.Tensor:
-    """The ``k`` most likely token ids per row of ``[N, V]`` logits (top-k of logits = of log-softmax)."""
+def topk_ids(logits: torch.Tensor, k: int, chunk_rows: int = 1024, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``k`` most likely token ids of each of ``logits[rows]`` (top-k of logits = of log-softmax),
+    ``chunk_rows`` rows at a time (no copy of all selected rows)."""
     if k > logits.shape[-1]:
         raise ValueError(f"topk={k} exceeds the vocabulary size {logits.shape[-1]}")
-    out = [logits[s : s + chunk_rows].topk(k, dim=-1).indices for s in range(0, logits.shape[0], chunk_rows)]
+    if rows is None:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+    out = [logits.index_select(0, rows[s : s + chunk_rows]).topk(k, dim=-1).indices for s in range(0, rows.numel(), chunk_rows)]
     if not out:
         return torch.zeros((0, k), dtype=torch.long, device=logits.device)
     return torch.cat(out, dim=0)

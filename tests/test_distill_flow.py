@@ -209,3 +209,21 @@ def test_loss_aggregation_with_importance_weight_and_invalid_rows():
     assert metrics["distill/is_clip_frac"].aggregate() == pytest.approx(1 / 3)
     assert metrics["distill/valid_frac"].aggregate() == pytest.approx(0.5)
     assert metrics["distill/teacher_topk_mass"].aggregate() == pytest.approx(0.7)
+
+
+def test_preflight_refuses_a_logit_loss_for_rlsd():
+    from omegaconf import OmegaConf
+
+    from verl_ext.preflight import ConfigError, check_estimator
+
+    cfg = OmegaConf.create(
+        {
+            "algorithm": {"adv_estimator": "rlsd", "distill": {"loss": "jsd_topk"}},
+            "trainer": {"v1": {"trainer_mode": "self_distill"}},
+            "actor_rollout_ref": {"actor": {}, "model": {}},
+        }
+    )
+    with pytest.raises(ConfigError, match="algorithm.distill.loss=jsd_topk applies to opsd, sdpo, grpo_opsd"):
+        check_estimator(cfg)
+    cfg.algorithm.adv_estimator = "sdpo"
+    check_estimator(cfg)

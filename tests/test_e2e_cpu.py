@@ -3,6 +3,8 @@
 Runs through ``verl_ext.cpu.launch`` (verl's entry point in a subprocess with the CPU config) and
 reads the metrics verl's file logger wrote. RLSD runs with ``lambda_init=0.4, decay_steps=4``, so by
 hand ``lambda(step s) = 0.4 * (1 - (s - 1) / 4)``: 0.4, 0.3, then 0.2 at step 3 after the resume.
+OPSD and SDPO run with the logit-level loss (``algorithm.distill.loss=jsd_topk``), GRPO+OPSD with
+the sampled-token form (the default), so both forms go through verl's trainer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ COMMON = [
 ]
 
 
+# Per-method extra overrides: the top-k JSD for opsd and sdpo (k small for the tiny model).
+LOGIT_LEVEL = ("opsd", "sdpo")
+METHOD_EXTRA = {m: ["algorithm.distill.loss=jsd_topk", "algorithm.distill.topk=8"] for m in LOGIT_LEVEL}
+DISTILL_METRICS = ("actor/distill/loss", "actor/distill/divergence_mean", "actor/distill/student_topk_mass",
+                   "actor/distill/teacher_topk_mass", "actor/distill/valid_frac")  # fmt: skip
+
+
 def expected_lambda(step: int) -> float:
     return LAMBDA_INIT * max(0.0, 1.0 - (step - 1) / DECAY_STEPS)
 
@@ -39,7 +48,8 @@ def runs(tmp_path_factory, tiny_model_dir, synthetic_data_dir):
     work = tmp_path_factory.mktemp("e2e")
     results = {}
     for method in METHODS:
-        metrics, ckpt = run_training(method, work, tiny_model_dir, synthetic_data_dir, steps=2, extra=COMMON, timeout=900)
+        extra = [*COMMON, *METHOD_EXTRA.get(method, [])]
+        metrics, ckpt = run_training(method, work, tiny_model_dir, synthetic_data_dir, steps=2, extra=extra, timeout=900)
         results[method] = (read_metrics(metrics), ckpt)
     metrics, ckpt = run_training(
         "rlsd", work, tiny_model_dir, synthetic_data_dir, steps=3, run_name="rlsd_resume",
@@ -55,7 +65,9 @@ def test_steps_ran_with_finite_metrics(runs, method):
     assert sorted(metrics) == [1, 2]
     for step, data in metrics.items():
         assert data["training/global_step"] == step
-        for key in ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "timing_s/step", "timing_s/gen"):
+        # opsd/sdpo with the top-k loss train on that loss alone: no PPO term
+        loss_key = "actor/distill/loss" if method in LOGIT_LEVEL else "actor/pg_loss"
+        for key in ("critic/score/mean", loss_key, "actor/grad_norm", "timing_s/step", "timing_s/gen"):
             assert key in data, f"{method} step {step}: {key} missing"
         bad = {k: v for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)}
         assert not bad, f"{method} step {step}: non-finite metrics {bad}"
@@ -69,6 +81,18 @@ def test_teacher_pass_only_for_teacher_methods(runs, method):
             assert not any(k.startswith("teacher/") for k in data), f"grpo logged teacher metrics at step {step}"
         else:
             assert TEACHER_METRIC in data and "timing_s/teacher" in data, f"{method} step {step}: no teacher pass"
+
+
+@pytest.mark.parametrize("method", LOGIT_LEVEL)
+def test_topk_distillation_metrics(runs, method):
+    metrics, _ = runs[method]
+    for step, data in metrics.items():
+        for key in DISTILL_METRICS:
+            assert key in data and math.isfinite(data[key]), f"{method} step {step}: {key} missing or non-finite"
+        assert data["actor/distill/divergence_mean"] >= 0.0
+        assert 0.0 < data["actor/distill/student_topk_mass"] <= 1.0 and 0.0 < data["actor/distill/teacher_topk_mass"] <= 1.0
+        assert "actor/pg_loss" not in data  # the loss is the distillation term only
+    assert metrics[1]["actor/distill/valid_frac"] == 1.0 or method == "sdpo"  # opsd: every row has a reference
 
 
 def test_rlsd_lambda_follows_schedule(runs):

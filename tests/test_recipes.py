@@ -62,6 +62,15 @@ def test_each_recipe_composes_the_paper_setup(method, data_dir):
     if hint is not None:
         assert (alg["teacher"]["hint"], alg["teacher"]["mode"]) == (hint, mode)
     assert cfg["trainer"]["v1"]["trainer_mode"] == "self_distill"
+    if hint is not None:  # the paper's SDPO is logit-level (top-100 JSD, alpha 0.5, IS clip 2); the rest sampled
+        distill = alg["distill"]
+        if method == "sdpo":
+            assert (distill["loss"], distill["topk"], distill["alpha"], distill["tail"], distill["is_clip"]) == (
+                "jsd_topk", 100, 0.5, True, 2.0
+            )
+            assert alg["teacher"]["ema_rate"] in (None, 0.05)  # null = the EMA default 0.05
+        else:
+            assert distill["loss"] == "sampled"
     # shared settings: 256 prompts x 8 responses, 4096 + 4096 tokens, 200 steps, one update per step
     assert cfg["data"]["train_batch_size"] == 256 and rollout["n"] == 8
     assert rollout["temperature"] == 1.0

@@ -15,5 +15,6 @@ _quiet.install()
 from verl_ext import cpu  # noqa: F401  (CPU platform; active only with VERL_PLATFORM=cpu)
 from verl_ext import algorithms  # noqa: F401  (registers the estimators)
 from verl_ext import trainer  # noqa: F401  (registers the self_distill trainer mode)
+from verl_ext import distill  # noqa: F401  (registers the jsd_topk distillation loss)
 
-__all__ = ["algorithms", "cpu", "trainer"]
+__all__ = ["algorithms", "cpu", "distill", "trainer"]

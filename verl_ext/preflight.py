@@ -96,6 +96,9 @@ def check_estimator(config: DictConfig) -> None:
             from verl_ext.privileged.config import TeacherConfig
 
             TeacherConfig.from_verl(config)
+        from verl_ext.distill.config import check_config as check_distill
+
+        check_distill(config)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
     check_ranges(rlsd, grpo_opsd)

@@ -28,6 +28,7 @@ import torch
 from verl.trainer.ppo import core_algos
 
 from verl_ext.algorithms.checks import check_finite, check_shape, section
+from verl_ext.distill.config import distill_options
 from verl_ext.algorithms.estimators import (
     grpo_opsd_advantages,
     opsd_advantages,
@@ -196,6 +197,9 @@ def compute_grpo_opsd_advantage(
     teacher_log_probs = _require("teacher_log_probs", "grpo_opsd", teacher_log_probs)
     old_log_probs = _require("old_log_probs", "grpo_opsd", old_log_probs)
     seq_adv = grpo_sequence_advantages(token_level_rewards, response_mask, index, config, "grpo_opsd")
-    adv, values = grpo_opsd_advantages(seq_adv, teacher_log_probs, old_log_probs, response_mask, float(opts["beta"]))
+    beta = float(opts["beta"])
+    if distill_options(config, "grpo_opsd").logit_level:
+        beta = 0.0  # algorithm.distill.loss is logit-level: beta times that loss is added in the actor
+    adv, values = grpo_opsd_advantages(seq_adv, teacher_log_probs, old_log_probs, response_mask, beta)
     _log(metrics, "grpo_opsd", values)
     return adv, adv

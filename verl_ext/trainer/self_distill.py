@@ -56,6 +56,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from verl_ext.algorithms.registry import TEACHER_ESTIMATORS, TEACHER_TRAINER_MODE
 from verl_ext.diagnostics import TrainerDiagnostics
+from verl_ext.distill.flow import DistillFlow
 from verl_ext.preflight import multiple_update_problems, one_update_message
 from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
 from verl_ext.trainer.schedule import TeacherSchedule
@@ -138,6 +139,7 @@ class SelfDistillTrainer(PPOTrainerSync):
         self.kl_needs_ref = need_reference_policy(config)
         self.teacher_config: TeacherConfig | None = None
         self.teacher_schedule: TeacherSchedule | None = None
+        self.distill = DistillFlow(config.algorithm, self.estimator)  # algorithm.distill (logit-level loss)
         if not self.teacher_enabled:
             return
         self.teacher_config = TeacherConfig.from_verl(config)
@@ -184,6 +186,7 @@ class SelfDistillTrainer(PPOTrainerSync):
 
     def on_init_end(self):
         super().on_init_end()
+        self.distill.setup_workers(self.actor_rollout_wg, getattr(self, "ref_policy_wg", None))
         if self.teacher_schedule is not None:
             self.teacher_schedule.on_start(self.global_steps, teacher_restored=getattr(self, "_teacher_restored", False))
 
@@ -225,6 +228,14 @@ class SelfDistillTrainer(PPOTrainerSync):
         self._teacher_step_metrics["teacher/synced"] = float(rate == 1.0)
         self._teacher_step_metrics["teacher/blend_rate"] = float(rate or 0.0)
 
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        # logit-level loss: the same forward also records the student's top-k ids (verl_ext.distill.flow)
+        self.distill.mark_student_pass(batch)
+        try:
+            return super()._compute_old_log_prob(batch, metrics)
+        finally:
+            self.distill.unmark(batch)
+
     def _compute_ref_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         # The ref slot may hold only the teacher; KL log-probs are computed when KL asks for them.
         if self.kl_needs_ref:
@@ -261,10 +272,11 @@ class SelfDistillTrainer(PPOTrainerSync):
         if not bool(hints.valid.any()):
             # e.g. sdpo before any group has a sibling: no row gets a teacher signal, skip the forward
             empty = [torch.zeros(len(s.response_ids)) for s in samples]
+            self.distill.store_teacher_values(batch, hints.valid)
             return torch.nested.as_nested_tensor(empty, layout=torch.jagged), hints.valid, samples
-        return self._teacher_forward(batch, teacher, response_masks), hints.valid, samples
+        return self._teacher_forward(batch, teacher, response_masks, hints.valid), hints.valid, samples
 
-    def _teacher_forward(self, batch: KVBatchMeta, teacher: list, response_masks: list) -> torch.Tensor:
+    def _teacher_forward(self, batch: KVBatchMeta, teacher: list, response_masks: list, valid: torch.Tensor) -> torch.Tensor:
         """Log-probs of the response tokens under the teacher through verl's workers (nested ``[B, R_i]``)."""
         rows, tags = [], []
         for t, mask in zip(teacher, response_masks):
@@ -282,6 +294,8 @@ class SelfDistillTrainer(PPOTrainerSync):
             length = int(t.input_ids.numel())
             tags.append({"status": "success", "prompt_len": int(t.prompt_ids.numel()), "response_len": length - int(t.prompt_ids.numel()), "seq_len": length})
         keys = [f"{k}_teacher" for k in batch.keys]
+        distill_info: dict = {}
+        self.distill.add_teacher_inputs(batch, rows, distill_info)
         tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
         try:
             meta = KVBatchMeta(
@@ -292,6 +306,7 @@ class SelfDistillTrainer(PPOTrainerSync):
                     "calculate_entropy": False,
                     "compute_loss": False,
                     "temperature": self.config.actor_rollout_ref.rollout.temperature,
+                    **distill_info,
                 },
             )
             if self.teacher_schedule.needs_copy:
@@ -301,6 +316,7 @@ class SelfDistillTrainer(PPOTrainerSync):
             assert len(output) == len(keys)
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             teacher_log_probs = response_from_nested(out["log_probs"], out["response_mask"])
+            self.distill.store_teacher_values(batch, valid, keys, TEACHER_PARTITION)
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
         return teacher_log_probs

@@ -19,6 +19,8 @@ import torch
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from verl_ext.distill.worker import DistillWorkerMixin
+
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The rank-local storage of a (possibly FSDP2/DTensor) parameter, as a view."""
@@ -95,8 +97,8 @@ def load_local_parameters(module: torch.nn.Module, path: str) -> bool:
     return True
 
 
-class SelfDistillWorker(ActorRolloutRefWorker):
-    """``ActorRolloutRefWorker`` + :meth:`sync_teacher`; everything else is verl's."""
+class SelfDistillWorker(DistillWorkerMixin, ActorRolloutRefWorker):
+    """``ActorRolloutRefWorker`` + :meth:`sync_teacher` (+ the logit-level loss of :mod:`verl_ext.distill`)."""
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def sync_teacher(self, rate: float = 1.0) -> int:

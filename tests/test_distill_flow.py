@@ -220,7 +220,8 @@ def test_preflight_refuses_a_logit_loss_for_rlsd():
         {
             "algorithm": {"adv_estimator": "rlsd", "distill": {"loss": "jsd_topk"}},
             "trainer": {"v1": {"trainer_mode": "self_distill"}},
-            "actor_rollout_ref": {"actor": {}, "model": {}},
+            "actor_rollout_ref": {"actor": {}, "model": {}, "ref": {}, "rollout": {}},
+            "data": {},
         }
     )
     with pytest.raises(ConfigError, match="algorithm.distill.loss=jsd_topk applies to opsd, sdpo, grpo_opsd"):

@@ -97,32 +97,42 @@ def test_attention_settings_that_can_run(cfg, cuda, flash_attn):
     check_attention(cfg, cuda=cuda, flash_attn=flash_attn)
 
 
+_PACKED_CHECK = """
+import torch
+from transformers import Qwen3VLForConditionalGeneration
+from verl.models.transformers.monkey_patch import apply_monkey_patch
+
+from verl_ext.tiny_model import tiny_config
+
+torch.manual_seed(0)
+cfg = tiny_config()
+cfg._attn_implementation = "sdpa"
+model = Qwen3VLForConditionalGeneration(cfg).eval()
+apply_monkey_patch(model, use_remove_padding=True)
+seqs = [torch.randint(10, 1000, (1, n)) for n in (7, 5, 9)]
+
+
+def pos(n):  # verl's layout: text row + 3 M-RoPE rows, (4, 1, n)
+    return torch.arange(n).view(1, 1, n).expand(4, 1, n)
+
+
+with torch.no_grad():
+    alone = [model(input_ids=s, position_ids=pos(s.shape[1]), use_cache=False).logits[0] for s in seqs]
+    packed = model(input_ids=torch.cat(seqs, 1), attention_mask=None, use_cache=False,
+                   position_ids=torch.cat([pos(s.shape[1]) for s in seqs], 2)).logits[0]
+    leaky = model(input_ids=torch.cat(seqs, 1), use_cache=False).logits[0]  # positions run on: one sequence
+torch.testing.assert_close(packed, torch.cat(alone), atol=1e-5, rtol=1e-4)
+assert (leaky[7:] - torch.cat(alone)[7:]).abs().max() > 1e-2  # the check can tell mixing apart
+"""
+
+
 def test_sdpa_keeps_packed_sequences_apart():
     """What ATTN_IMPL=sdpa with use_remove_padding relies on: verl packs a micro-batch into one row with
     position ids restarting per sequence and no attention mask; under sdpa each sequence must see only
-    itself, as in separate forwards (tiny random Qwen3-VL, verl's own model patch)."""
-    from transformers import Qwen3VLForConditionalGeneration
-    from verl.models.transformers.monkey_patch import apply_monkey_patch
-
-    from verl_ext.tiny_model import tiny_config
-
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    cfg._attn_implementation = "sdpa"
-    model = Qwen3VLForConditionalGeneration(cfg).eval()
-    apply_monkey_patch(model, use_remove_padding=True)
-    seqs = [torch.randint(10, 1000, (1, n)) for n in (7, 5, 9)]
-
-    def pos(n):  # verl's layout: text row + 3 M-RoPE rows, (4, 1, n)
-        return torch.arange(n).view(1, 1, n).expand(4, 1, n)
-
-    with torch.no_grad():
-        alone = [model(input_ids=s, position_ids=pos(s.shape[1]), use_cache=False).logits[0] for s in seqs]
-        packed = model(input_ids=torch.cat(seqs, 1), attention_mask=None, use_cache=False,
-                       position_ids=torch.cat([pos(s.shape[1]) for s in seqs], 2)).logits[0]
-        leaky = model(input_ids=torch.cat(seqs, 1), use_cache=False).logits[0]  # positions run on: one sequence
-    torch.testing.assert_close(packed, torch.cat(alone), atol=1e-5, rtol=1e-4)
-    assert (leaky[7:] - torch.cat(alone)[7:]).abs().max() > 1e-2  # the check can tell mixing apart
+    itself, as in separate forwards (tiny random Qwen3-VL, verl's own model patch). In a child process:
+    verl's monkey patch changes the model classes for the rest of the process."""
+    out = subprocess.run([sys.executable, "-c", _PACKED_CHECK], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_recipes_default_to_flash_attention_and_switch_with_one_setting(data_dir):  # noqa: F811

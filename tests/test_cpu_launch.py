@@ -13,8 +13,11 @@ from verl_ext.cpu.launch import (
     method_overrides,
     read_metrics,
     rollout_accuracy,
+    start_end,
+    start_end_lines,
     train_command,
     train_env,
+    train_steps,
 )
 
 
@@ -58,3 +61,16 @@ def test_rollout_accuracy(tmp_path):
     for step, scores in ((1, [0.0, 0.1, 0.9, 1.0]), (2, [0.0, 0.0])):
         (tmp_path / f"{step}.jsonl").write_text("".join(json.dumps({"score": s}) + "\n" for s in scores))
     assert rollout_accuracy(tmp_path) == {1: 0.5, 2: 0.0}
+
+
+def test_start_end_reads_validation_before_training_and_at_the_end():
+    val = "val-core/synthetic/acc/mean@1"
+    metrics = {0: {val: 0.4},  # validation before training: no training metrics at step 0
+               1: {"timing_s/step": 9.0, "critic/score/mean": 0.30},
+               2: {"timing_s/step": 3.0, "critic/score/mean": 0.50, val: 0.55}}  # fmt: skip
+    assert sorted(train_steps(metrics)) == [1, 2]
+    assert mean_step_seconds(train_steps(metrics)) == pytest.approx(3.0)
+    assert start_end(metrics, val) == (0.4, 0.55) and start_end(metrics, "missing") is None
+    lines = start_end_lines(metrics)
+    assert lines[0] == "critic/score/mean: 0.3 -> 0.5 (step 1 -> 2, +0.2)"
+    assert lines[1] == f"{val}: 0.4 -> 0.55 (step 0 -> 2, +0.15)"

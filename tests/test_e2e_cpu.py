@@ -112,3 +112,34 @@ def test_resume_restores_step_and_lambda(runs):
     assert metrics[3]["training/global_step"] == 3
     assert metrics[3]["rlsd/lambda"] == pytest.approx(expected_lambda(3), abs=1e-9)
     assert latest_checkpoint(ckpt).name == "global_step_3"
+
+
+def test_eval_command_scores_the_synthetic_split(tmp_path, warm_model_dir, synthetic_data_dir):
+    """``python -m verl_ext.eval --backend hf`` on the synthetic test split: every stored response re-scored
+    by hand with the training reward, and the reported accuracy their mean."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from verl_ext.reward import compute_score
+
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "verl_ext.eval", "--model", str(warm_model_dir), "--data-dir", str(synthetic_data_dir),
+           "--out-dir", str(out), "--benchmarks", "synthetic", "--backend", "hf", "--preset", "greedy",
+           "--set", "max_new_tokens=24"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "synthetic" / "samples.jsonl").read_text().splitlines()]
+    rows = {r["extra_info"]["id"]: r for r in pq.read_table(synthetic_data_dir / "synthetic" / "test.parquet").to_pylist()}
+    assert len(records) == len(rows) == 6
+    correct = []
+    for rec in records:
+        row = rows[rec["id"].split(":", 1)[1]]
+        acc = compute_score("synthetic", rec["response"], row["reward_model"]["ground_truth"], row["extra_info"])["acc"]
+        assert rec["correct"] == (acc == 1.0)
+        correct.append(acc)
+    result = json.loads((out / "synthetic" / "results.json").read_text())
+    assert result["metrics"]["accuracy"] == pytest.approx(100.0 * sum(correct) / len(correct))
+    assert "synthetic: accuracy" in (out / "table.md").read_text()

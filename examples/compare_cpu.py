@@ -35,7 +35,10 @@ def table(runs: dict[str, dict[int, dict[str, float]]], wall: dict[str, float]) 
              "|---|---|---|---|---|---|---|"]
     for method, metrics in runs.items():
         acc, reward = start_end(metrics, VAL_KEY), start_end(metrics, "critic/score/mean")
-        cells = [f"{acc[0]:.3f}", f"{acc[1]:.3f}", f"{100 * (acc[1] - acc[0]):+.1f} pts"] if acc else ["-"] * 3
+        if len(series(metrics, VAL_KEY)[0]) < 2:  # no validation after training (an interrupted run)
+            cells = [f"{acc[0]:.3f}" if acc else "-", "-", "-"]
+        else:
+            cells = [f"{acc[0]:.3f}", f"{acc[1]:.3f}", f"{100 * (acc[1] - acc[0]):+.1f} pts"]
         cells += [f"{reward[0]:.3f}", f"{reward[1]:.3f}"] if reward else ["-"] * 2
         cells.append(f"{wall[method]:.0f}" if method in wall else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")

@@ -74,3 +74,28 @@ def test_start_end_reads_validation_before_training_and_at_the_end():
     lines = start_end_lines(metrics)
     assert lines[0] == "critic/score/mean: 0.3 -> 0.5 (step 1 -> 2, +0.2)"
     assert lines[1] == f"{val}: 0.4 -> 0.55 (step 0 -> 2, +0.15)"
+
+
+def test_compare_script_table_and_plot(tmp_path):
+    """examples/compare_cpu.py on two hand-written metric files: start/end accuracy, change in points, wall time."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "compare_cpu.py"
+    spec = importlib.util.spec_from_file_location("compare_cpu", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    val = module.VAL_KEY
+    runs = {"grpo": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"critic/score/mean": 0.3}},
+                     {"step": 2, "data": {"critic/score/mean": 0.5, val: 0.40}}],
+            "rlsd": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"critic/score/mean": 0.2, "rlsd/lambda": 0.5}}]}  # fmt: skip
+    (tmp_path / "metrics").mkdir()
+    for method, rows in runs.items():
+        (tmp_path / "metrics" / f"{method}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "wall_s.tsv").write_text("grpo\t301\n")
+    assert module.main(["--workdir", str(tmp_path), "--methods", "grpo", "rlsd"]) == 0
+    lines = (tmp_path / "compare" / "cpu_compare.md").read_text().splitlines()
+    assert lines[2] == "| grpo | 0.250 | 0.400 | +15.0 pts | 0.300 | 0.500 | 301 |"
+    assert lines[3] == "| rlsd | 0.250 | - | - | 0.200 | 0.200 | - |"  # no validation after training
+    assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")

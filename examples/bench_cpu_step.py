@@ -1,7 +1,8 @@
 """Seconds per training step of GRPO and RLSD through verl's trainer on CPU, and their ratio.
 
-Both methods run back to back on the same machine with the same config (tiny Qwen3-VL, 2 prompts x
-4 responses, 32 response tokens); the first step of each run (warm-up) is left out of the mean.
+Both methods run back to back on the same machine with the CPU default's config (the warm-started tiny
+Qwen3-VL, 8 prompts x 8 responses, validation off); the first step of each run (warm-up) is left out of
+the mean.
 
     python examples/bench_cpu_step.py [--steps 6] [--workdir outputs/cpu_bench]
 """
@@ -17,8 +18,8 @@ from pathlib import Path
 
 os.environ["VERL_PLATFORM"] = "cpu"
 
-from verl_ext.cpu.launch import read_metrics, run_training  # noqa: E402
-from verl_ext.tiny_model import build_tiny_qwen3vl  # noqa: E402
+from verl_ext.cpu.launch import read_metrics, run_training, train_steps  # noqa: E402
+from verl_ext.tiny_model import build_tiny_qwen3vl, build_warm_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/adv", "timing_s/update_actor",
@@ -32,16 +33,18 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
-    model = build_tiny_qwen3vl(work / "tiny_qwen3vl")
     data = work / "data"
     if not (data / "synthetic" / "train.parquet").is_file():
         subprocess.run([sys.executable, str(ROOT / "data_prep" / "build_parquet.py"), "synthetic", "--out-dir", str(data),
                         "--quiet"], check=True)  # fmt: skip
+    model = build_warm_start(build_tiny_qwen3vl(work / "tiny_qwen3vl"), data / "synthetic" / "train.parquet",
+                             work / "tiny_qwen3vl_warm")
     results = {}
     for method in ("grpo", "rlsd"):
         print(f"running {method} for {args.steps} steps ...", flush=True)
-        path, _ = run_training(method, work, model, data, args.steps, extra=list(args.overrides), run_name=f"bench_{method}")
-        metrics = read_metrics(path)
+        path, _ = run_training(method, work, model, data, args.steps, run_name=f"bench_{method}",
+                               extra=["trainer.val_before_train=false", "trainer.test_freq=-1", *args.overrides])
+        metrics = train_steps(read_metrics(path))
         steps = sorted(metrics)[1:]
         results[method] = {key: [metrics[s].get(key, 0.0) for s in steps] for key in ("timing_s/step", *PARTS)}
     print(f"\nseconds per step (steps 2..{args.steps}, mean +- stdev):")

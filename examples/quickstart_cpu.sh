@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedded CPU default: verl's own trainer (through recipe/main.py, the GPU recipes' entry point) for a few steps with a
-# tiny random Qwen3-VL on the synthetic data set.
-#   bash examples/quickstart_cpu.sh                 # RLSD, 4 steps
+# tiny Qwen3-VL on the synthetic data set, warm-started by a short supervised pass over the reference traces (built once,
+# cached in outputs/cpu/tiny_qwen3vl_warm), validated on the whole test split before training (step 0) and at the end.
+#   bash examples/quickstart_cpu.sh                 # RLSD, 12 steps
 #   bash examples/quickstart_cpu.sh grpo            # or METHOD=grpo; grpo | rlsd | opsd | sdpo | grpo_opsd
 #   bash examples/quickstart_cpu.sh rlsd trainer.total_training_steps=6 algorithm.rlsd.lambda_init=0.3
 #   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
@@ -21,5 +22,5 @@ WORK="$ROOT/outputs/cpu"
 if [ ! -f "$WORK/data/synthetic/train.parquet" ]; then
   "$PY" data_prep/build_parquet.py synthetic --out-dir "$WORK/data"
 fi
-"$PY" -m verl_ext.tiny_model "$WORK/tiny_qwen3vl" >/dev/null   # built once, reused afterwards
-VERL_PLATFORM=cpu exec "$PY" -W ignore -m verl_ext.cpu.launch --method "$METHOD" --workdir "$WORK" --steps "${STEPS:-4}" "$@"
+# the tiny model and its warm start are built by the launcher once and reused afterwards
+VERL_PLATFORM=cpu exec "$PY" -W ignore -m verl_ext.cpu.launch --method "$METHOD" --workdir "$WORK" ${STEPS:+--steps "$STEPS"} "$@"

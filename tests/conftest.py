@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny Qwen3-VL and a small synthetic data set, each built once per session."""
+"""Shared fixtures: the tiny Qwen3-VL, a small synthetic data set and the warm start, each built once per session."""
 
 from __future__ import annotations
 
@@ -21,11 +21,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
-    """``<dir>/synthetic/{train,test}.parquet`` from the project's own builder (16 + 4 rows)."""
+    """``<dir>/synthetic/{train,test}.parquet`` from the project's own builder (48 + 6 rows)."""
     out = tmp_path_factory.mktemp("data")
     cmd = [
         sys.executable, str(ROOT / "data_prep" / "build_parquet.py"), "synthetic", "--out-dir", str(out),
-        "--synthetic-train-size", "16", "--synthetic-test-size", "4", "--quiet",
+        "--synthetic-train-size", "48", "--synthetic-test-size", "6", "--quiet",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tmp_path_factory, tiny_model_dir, synthetic_data_dir) -> Path:
+    """The tiny model after the CPU default's warm start (``build_warm_start``, its default settings) on the
+    session's synthetic train rows: it answers in the format and is right part of the time."""
+    from verl_ext.tiny_model import build_warm_start
+
+    train = synthetic_data_dir / "synthetic" / "train.parquet"
+    return build_warm_start(tiny_model_dir, train, tmp_path_factory.mktemp("tiny_qwen3vl_warm"), log=None)

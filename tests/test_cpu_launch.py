@@ -13,8 +13,11 @@ from verl_ext.cpu.launch import (
     method_overrides,
     read_metrics,
     rollout_accuracy,
+    start_end,
+    start_end_lines,
     train_command,
     train_env,
+    train_steps,
 )
 
 
@@ -58,3 +61,41 @@ def test_rollout_accuracy(tmp_path):
     for step, scores in ((1, [0.0, 0.1, 0.9, 1.0]), (2, [0.0, 0.0])):
         (tmp_path / f"{step}.jsonl").write_text("".join(json.dumps({"score": s}) + "\n" for s in scores))
     assert rollout_accuracy(tmp_path) == {1: 0.5, 2: 0.0}
+
+
+def test_start_end_reads_validation_before_training_and_at_the_end():
+    val = "val-core/synthetic/acc/mean@1"
+    metrics = {0: {val: 0.4},  # validation before training: no training metrics at step 0
+               1: {"timing_s/step": 9.0, "critic/score/mean": 0.30},
+               2: {"timing_s/step": 3.0, "critic/score/mean": 0.50, val: 0.55}}  # fmt: skip
+    assert sorted(train_steps(metrics)) == [1, 2]
+    assert mean_step_seconds(train_steps(metrics)) == pytest.approx(3.0)
+    assert start_end(metrics, val) == (0.4, 0.55) and start_end(metrics, "missing") is None
+    lines = start_end_lines(metrics)
+    assert lines[0] == "critic/score/mean: 0.3 -> 0.5 (step 1 -> 2, +0.2)"
+    assert lines[1] == f"{val}: 0.4 -> 0.55 (step 0 -> 2, +0.15)"
+
+
+def test_compare_script_table_and_plot(tmp_path):
+    """examples/compare_cpu.py on two hand-written metric files: start/end accuracy, change in points, wall time."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "compare_cpu.py"
+    spec = importlib.util.spec_from_file_location("compare_cpu", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    val = module.VAL_KEY
+    runs = {"grpo": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"critic/score/mean": 0.3}},
+                     {"step": 2, "data": {"critic/score/mean": 0.5, val: 0.40}}],
+            "rlsd": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"critic/score/mean": 0.2, "rlsd/lambda": 0.5}}]}  # fmt: skip
+    (tmp_path / "metrics").mkdir()
+    for method, rows in runs.items():
+        (tmp_path / "metrics" / f"{method}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "wall_s.tsv").write_text("grpo\t301\n")
+    assert module.main(["--workdir", str(tmp_path), "--methods", "grpo", "rlsd"]) == 0
+    lines = (tmp_path / "compare" / "cpu_compare.md").read_text().splitlines()
+    assert lines[2] == "| grpo | 0.250 | 0.400 | +15.0 pts | 0.300 | 0.500 | 301 |"
+    assert lines[3] == "| rlsd | 0.250 | - | - | 0.200 | 0.200 | - |"  # no validation after training
+    assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")

@@ -1,5 +1,5 @@
-"""The generated set: answers re-derived from the rendered pixels (connected components, bar
-heights), independent of the generator's own bookkeeping; traces; determinism in the seed."""
+"""The generated set: answers re-derived from the rendered pixels (colours, connected components,
+fill ratio of the shape), independent of the generator's own bookkeeping; traces; determinism in the seed."""
 
 from __future__ import annotations
 
@@ -54,51 +54,46 @@ def pixels(im) -> np.ndarray:
 def rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
     summary = build(parse_args(["synthetic", "--out-dir", str(out), "--quiet"]))
-    assert [(s["split"], s["written"]) for s in summary] == [("train", 320), ("test", 64)]
+    assert [(s["split"], s["written"]) for s in summary] == [("train", 600), ("test", 90)]
     return {s: pq.read_table(out / f"synthetic/{s}.parquet").to_pylist() for s in ("train", "test")}
 
 
 def test_answers_follow_from_the_pixels(rows):
-    checked = {"count": 0, "tallest": 0, "dots": 0}
+    checked = {"colour": 0, "shape": 0, "more": 0}
     for row in rows["train"] + rows["test"]:
         info = row["extra_info"]
         q, gt = info["question"], row["reward_model"]["ground_truth"]
         for im in row["images"]:
-            side = Image.open(io.BytesIO(im["bytes"])).size
-            assert side[0] == side[1] and 56 <= side[0] <= 112
-        m = re.search(r"How many (\w+) (\w+)s are in the image", q)
-        if m:
-            colour, shape = m.groups()
+            assert Image.open(io.BytesIO(im["bytes"])).size == (64, 64)
+        if q.endswith("What colour is the shape?") or q.endswith("What shape is in the image?"):
             arr = pixels(row["images"][0])
-            mask = np.all(arr == COLOURS[colour], axis=-1)
-            n = sum(shape_of(c) == shape for c in components(mask))
-            assert str(n) == gt, (info["id"], n, gt)
-            checked["count"] += 1
-        elif "Which bar is the tallest" in q:
-            arr = pixels(row["images"][0])
-            heights = [np.any(np.all(arr == COLOURS[re.match(r"the (\w+) bar", o).group(1)], axis=-1), axis=1).sum()
-                       for o in info["options"]]
-            assert gt == "ABCD"[int(np.argmax(heights))] and sorted(heights)[-1] > sorted(heights)[-2]
-            checked["tallest"] += 1
-        elif "Which image contains more dots" in q:
+            found = [(name, comps) for name, rgb in COLOURS.items() if (comps := components(np.all(arr == rgb, axis=-1)))]
+            assert len(found) == 1 and len(found[0][1]) == 1, info["id"]  # one shape of one colour
+            colour, (comp,) = found[0]
+            assert gt == (colour if "colour" in q else shape_of(comp)), (info["id"], gt)
+            checked[info["task"]] += 1
+        else:
+            assert q.endswith("Which image has more dots?")
             counts = [len(components(np.all(pixels(im) == 0, axis=-1))) for im in row["images"]]
-            assert gt == ("A" if counts[0] > counts[1] else "B") and counts[0] != counts[1]
-            checked["dots"] += 1
-    assert min(checked.values()) >= 10, checked
+            assert gt == ("A" if counts[0] > counts[1] else "B") and abs(counts[0] - counts[1]) >= 3, (info["id"], counts)
+            checked[info["task"]] += 1
+    assert checked == {"colour": 230, "shape": 230, "more": 230}, checked
 
 
-def test_mix_of_types_and_reference_traces(rows):
+def test_task_mix_and_reference_traces(rows):
     train = rows["train"]
-    types = {r["extra_info"]["problem_type"] for r in train}
-    assert types == {"numerical", "math", "multiple choice"}
-    assert any(len(r["images"]) == 2 for r in train)
+    assert {r["extra_info"]["problem_type"] for r in train} == {"open", "multiple choice"}
+    assert all(len(r["images"]) == (2 if r["extra_info"]["task"] == "more" else 1) for r in train)
     ids = [r["extra_info"]["id"] for r in train + rows["test"]]
     assert len(set(ids)) == len(ids)
+    answers = {t: {r["reward_model"]["ground_truth"] for r in train if r["extra_info"]["task"] == t} for t in ("colour", "shape", "more")}
+    assert answers == {"colour": set(COLOURS), "shape": {"circle", "square", "triangle"}, "more": {"A", "B"}}
     for r in train:
         trace = r["extra_info"]["qwen3vl_235b_thinking_response"]
-        # the reference trace is a full-marks response under the reward function
+        # the reference trace is a full-marks response under the reward function, and short
         out = compute_score("synthetic", trace, r["reward_model"]["ground_truth"], r["extra_info"])
         assert out["score"] == 1.0 and out["format"] == 1.0, trace
+        assert len(trace) <= 64, trace
 
 
 def test_train_and_test_differ_and_seed_changes_rows(tmp_path, rows):

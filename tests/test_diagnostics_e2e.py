@@ -22,13 +22,13 @@ SCRIPT = TESTS.parent / "examples" / "plot_token_credit.py"
 CLIP_EPS = 0.2
 
 
-def test_rlsd_step_dumps_token_credit_and_plots(tmp_path, tiny_model_dir, synthetic_data_dir):
+def test_rlsd_step_dumps_token_credit_and_plots(tmp_path, warm_model_dir, synthetic_data_dir):
     dumps = tmp_path / "dumps"
     metrics_path, _ = run_training(
-        "rlsd", tmp_path, tiny_model_dir, synthetic_data_dir, steps=1, timeout=900,
-        extra=[
-            f"reward.custom_reward_function.path={TESTS / 'e2e_reward.py'}",  # non-zero group advantages
-            "reward.custom_reward_function.name=compute_score",
+        "rlsd", tmp_path, warm_model_dir, synthetic_data_dir, steps=1, timeout=900,
+        extra=[  # the project's reward on the warm start: groups with mixed scores, non-zero advantages
+            "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=4",
+            "trainer.val_before_train=false", "trainer.test_freq=-1",
             "trainer.save_freq=-1",
             f"algorithm.rlsd.clip_eps={CLIP_EPS}",
             "algorithm.diagnostics.dump_every=1",

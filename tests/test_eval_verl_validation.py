@@ -41,7 +41,8 @@ def test_verl_validation_reports_per_benchmark_accuracy(tmp_path):
         "actor_rollout_ref.rollout.val_kwargs.do_sample=True", "actor_rollout_ref.rollout.val_kwargs.temperature=0.7",
         "actor_rollout_ref.rollout.val_kwargs.top_p=0.8", "actor_rollout_ref.rollout.val_kwargs.top_k=20",
         "data.max_response_length=8",
-        "data.val_max_samples=-1",  # every fixture row (the CPU config keeps only 4)
+        "data.val_max_samples=-1",  # every fixture row
+        "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # a few fixture rows for training
     ])
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "VERL_PLATFORM": "cpu"}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

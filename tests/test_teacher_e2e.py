@@ -69,7 +69,10 @@ def _run(base: Path, model: Path, name: str, *overrides: str, template: str = "p
         f"data.train_files={base / 'train.parquet'}", f"data.val_files={base / 'test.parquet'}",
         f"actor_rollout_ref.model.path={model}", "reward.custom_reward_function.path=pkg://verl_ext.reward",
         "trainer.v1.trainer_mode=self_distill", f"trainer.default_local_dir={base / name}", "trainer.logger=[console]",
-        f"algorithm.teacher.template={base / template}", "algorithm.teacher.context=student_prompt", *overrides,
+        f"algorithm.teacher.template={base / template}", "algorithm.teacher.context=student_prompt",
+        # the 4 fixture rows at 2 prompts x 4 responses per step, no validation (the CPU default's scale is larger)
+        "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.rollout.n=4",
+        "trainer.val_before_train=false", "trainer.test_freq=-1", *overrides,
     ])
     env = dict(os.environ, VERL_PLATFORM="cpu")
     proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=900)

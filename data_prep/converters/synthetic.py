@@ -1,13 +1,24 @@
-"""A generated multimodal set for CPU runs and tests: small PIL images (56-112 px) with questions
-whose answers are known by construction, a mix of numerical, math and multiple-choice tasks (one
-with two images), each with a short correct reference trace for OPSD. Deterministic in ``--seed``."""
+"""A generated multimodal set a tiny model can learn in minutes on a CPU, for the CPU default and tests.
+
+The task mix (the one place it is defined: ``TASKS``), each answer visible in 64x64 images (4 image
+tokens each with the tiny Qwen3-VL's 16-px patches merged 2x2):
+
+- ``colour``: one shape; "What colour is the shape?" -> red | blue | green | yellow (open answer).
+- ``shape``: one shape; "What shape is in the image?" -> circle | square | triangle (open answer).
+- ``more``: two images of black dots (counts 1-8, at least 3 apart); "Which image has more dots?"
+  -> A (Image 1) | B (Image 2) (multiple choice).
+
+Every row carries a short correct reference trace, ``<thought>a red circle</thought><answer>red</answer>``
+(about 15 tokens), used by the warm start and by OPSD's teacher. Deterministic in ``--seed``.
+"""
 
 from __future__ import annotations
 
 import io
 import random
 
-from PIL import Image, ImageDraw, ImageFont
+import pyarrow as pa
+from PIL import Image, ImageDraw
 
 from data_prep.common import TRACE_FIELD, Sample
 from data_prep.converters.base import Converter, Job, register
@@ -15,7 +26,10 @@ from data_prep.sources import RowStream
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 160, 60), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
-TRAIN_SIZE, TEST_SIZE = 320, 64
+SIDE = 64                        # image side in pixels: 2x2 merged tokens of 32 px
+GRID = 4                         # dots sit in a 4x4 grid of 16-px cells
+MIN_DOT_GAP = 3                  # dot counts of the two images differ by at least this
+TRAIN_SIZE, TEST_SIZE = 600, 90
 
 
 def _png(img: Image.Image) -> bytes:
@@ -24,12 +38,7 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _canvas(rng: random.Random) -> Image.Image:
-    side = rng.randrange(56, 113, 8)
-    return Image.new("RGB", (side, side), (255, 255, 255))
-
-
-def _shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill) -> None:
     x0, y0, x1, y1 = box
     if kind == "circle":
         draw.ellipse(box, fill=fill)
@@ -39,96 +48,62 @@ def _shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int],
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def _scatter(rng: random.Random, img: Image.Image, items: list[tuple[str, tuple]]) -> None:
-    """Draw shapes on a grid of non-overlapping cells."""
-    side = img.size[0]
-    cells_per_row = 4
-    cell = side // cells_per_row
-    cells = rng.sample(range(cells_per_row * cells_per_row), len(items))
-    draw = ImageDraw.Draw(img)
-    for (kind, fill), c in zip(items, cells):
-        cx, cy = (c % cells_per_row) * cell, (c // cells_per_row) * cell
-        pad = max(2, cell // 6)
-        _shape(draw, kind, (cx + pad, cy + pad, cx + cell - pad, cy + cell - pad), fill)
+def _one_shape(rng: random.Random) -> tuple[Image.Image, str, str]:
+    """A white square image with one shape of random colour, size (32-52 px) and position."""
+    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+    size = rng.randrange(32, 53)
+    x0, y0 = rng.randrange(2, SIDE - size - 1), rng.randrange(2, SIDE - size - 1)
+    img = Image.new("RGB", (SIDE, SIDE), (255, 255, 255))
+    _draw_shape(ImageDraw.Draw(img), shape, (x0, y0, x0 + size - 1, y0 + size - 1), COLOURS[colour])
+    return img, colour, shape
 
 
-def _text_image(rng: random.Random, text: str) -> Image.Image:
-    img = _canvas(rng)
+def _dots(rng: random.Random, n: int) -> Image.Image:
+    """``n`` black discs in distinct cells of a 4x4 grid (non-touching: a 3-px margin in each cell)."""
+    img = Image.new("RGB", (SIDE, SIDE), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=max(12, img.size[0] // (len(text) + 1)))
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-    side = img.size[0]
-    draw.text(((side - (x1 - x0)) // 2 - x0, (side - (y1 - y0)) // 2 - y0), text, fill=(0, 0, 0), font=font)
+    cell = SIDE // GRID
+    for c in rng.sample(range(GRID * GRID), n):
+        cx, cy = (c % GRID) * cell, (c // GRID) * cell
+        draw.ellipse((cx + 3, cy + 3, cx + cell - 4, cy + cell - 4), fill=(0, 0, 0))
     return img
 
 
-def _count(rng):
-    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-    n = rng.randint(1, 5)
-    others = [(s, c) for s in SHAPES for c in COLOURS if (s, c) != (shape, colour)]
-    items = [(shape, COLOURS[colour])] * n + [(s, COLOURS[c]) for s, c in rng.sample(others, rng.randint(0, 4))]
-    img = _canvas(rng)
-    _scatter(rng, img, items)
-    q = f"<image>\nHow many {colour} {shape}s are in the image?"
-    trace = f"I look for {colour} {shape}s and count them one by one: there are {n}."
-    return q, str(n), "numerical", [], [img], trace
+def _colour(rng):
+    img, colour, shape = _one_shape(rng)
+    return "<image>\nWhat colour is the shape?", colour, "open", [], [img], f"a {colour} {shape}"
 
 
-def _read_number(rng):
-    n = rng.randint(0, 999)
-    q = "<image>\nWhat number is written in the image?"
-    return q, str(n), "numerical", [], [_text_image(rng, str(n))], f"The image shows the digits {n}."
+def _shape(rng):
+    img, colour, shape = _one_shape(rng)
+    return "<image>\nWhat shape is in the image?", shape, "open", [], [img], f"a {colour} {shape}"
 
 
-def _sum(rng):
-    a, b = rng.randint(1, 50), rng.randint(1, 50)
-    q = "<image>\nThe image shows two numbers. What is their sum?"
-    trace = f"The numbers are {a} and {b}; {a} + {b} = {a + b}."
-    return q, str(a + b), "math", [], [_text_image(rng, f"{a} {b}")], trace
-
-
-def _tallest(rng):
-    names = rng.sample(list(COLOURS), rng.randint(2, 4))
-    heights = rng.sample(range(3, 10), len(names))
-    img = _canvas(rng)
-    side = img.size[0]
-    draw = ImageDraw.Draw(img)
-    width = side // (2 * len(names) + 1)
-    for i, (name, h) in enumerate(zip(names, heights)):
-        x = (2 * i + 1) * width
-        draw.rectangle((x, side - 2 - h * (side - 4) // 10, x + width, side - 2), fill=COLOURS[name])
-    best = max(range(len(names)), key=lambda i: heights[i])
-    q = "<image>\nWhich bar is the tallest?"
-    options = [f"the {n} bar" for n in names]
-    trace = f"Comparing the bar heights, the {names[best]} bar is the tallest, which is option {chr(65 + best)}."
-    return q, chr(65 + best), "multiple choice", options, [img], trace
-
-
-def _more_dots(rng):
-    a, b = rng.sample(range(1, 8), 2)
-    imgs = []
-    for n in (a, b):
-        img = _canvas(rng)
-        _scatter(rng, img, [("circle", (0, 0, 0))] * n)
-        imgs.append(img)
-    q = "Image 1: <image>\nImage 2: <image>\nWhich image contains more dots?"
+def _more(rng):
+    while True:
+        a, b = rng.randint(1, 8), rng.randint(1, 8)
+        if abs(a - b) >= MIN_DOT_GAP:
+            break
+    q = "Image 1: <image>\nImage 2: <image>\nWhich image has more dots?"
     answer = "A" if a > b else "B"
-    trace = f"Image 1 has {a} dots and image 2 has {b} dots, so image {1 if a > b else 2} has more."
-    return q, answer, "multiple choice", ["Image 1", "Image 2"], imgs, trace
+    why = f"{a} dot{'s' * (a != 1)} and {b} dot{'s' * (b != 1)}"
+    return q, answer, "multiple choice", ["Image 1", "Image 2"], [_dots(rng, a), _dots(rng, b)], why
 
 
-TASKS = (_count, _read_number, _sum, _tallest, _more_dots)
+TASKS = {"colour": _colour, "shape": _shape, "more": _more}
 
 
 def generate(split: str, n: int, seed: int):
     """``n`` raw rows of ``split``: the task cycles through ``TASKS``; everything random comes from
     one ``random.Random`` seeded by (seed, split)."""
     rng = random.Random(f"synthetic-{seed}-{split}")
+    tasks = list(TASKS.items())
     for i in range(n):
-        q, answer, ptype, options, imgs, why = TASKS[i % len(TASKS)](rng)
+        name, make = tasks[i % len(tasks)]
+        q, answer, ptype, options, imgs, why = make(rng)
         yield None, {
-            "id": f"synthetic-{split}-{i:05d}", "question": q, "answer": answer, "problem_type": ptype,
-            "options": options, "images": [_png(im) for im in imgs],
+            "id": f"synthetic-{split}-{i:05d}", "task": name, "question": q, "answer": answer,
+            "problem_type": ptype, "options": options, "images": [_png(im) for im in imgs],
             TRACE_FIELD: f"<thought>{why}</thought><answer>{answer}</answer>",
         }
 
@@ -139,6 +114,7 @@ class SyntheticConverter(Converter):
     hub_id = ""
     ability = "visual_reasoning"
     with_trace = True
+    extra_fields = {"task": pa.string()}  # colour | shape | more: per-task accuracy
 
     def jobs(self, args):
         return [Job("train", "train"), Job("test", "test")]
@@ -153,4 +129,4 @@ class SyntheticConverter(Converter):
         return Sample(id=row_id, question=raw["question"], answer=raw["answer"],
                       problem_type=raw["problem_type"], options=raw["options"],
                       images=[(f"images[{i}]", b) for i, b in enumerate(raw["images"])],
-                      trace=raw[TRACE_FIELD])
+                      trace=raw[TRACE_FIELD], extra={"task": raw["task"]})

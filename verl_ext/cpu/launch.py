@@ -26,6 +26,7 @@ ENTRY_POINT = RECIPE_DIR / "main.py"
 CONFIG_DIR = RECIPE_DIR / "config"
 CONFIG_NAME = "cpu_tiny"
 METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
+DEFAULT_STEPS = 12
 # verl_ext's trainer mode that adds the teacher pass; grpo runs on verl's default "sync" mode.
 TEACHER_MODE = "self_distill"
 
@@ -33,11 +34,15 @@ TEACHER_MODE = "self_distill"
 STEP_COLUMNS = (
     ("reward", "critic/score/mean"),
     ("acc", "rollout/acc"),
+    ("val_acc", "val-core/synthetic/acc/mean@1"),
+    ("adv_min", "critic/advantages/min"),
+    ("adv_max", "critic/advantages/max"),
     ("lambda", "rlsd/lambda"),
     ("clip", "rlsd/weight_clip_frac"),
     ("clip_lo", "rlsd/weight_clip_low_frac"),
     ("clip_hi", "rlsd/weight_clip_high_frac"),
     ("gap", "teacher/logprob_gap_mean"),
+    ("pg_clip", "actor/pg_clipfrac"),
     ("pg_loss", "actor/pg_loss"),
     ("grad", "actor/grad_norm"),
     ("resp_len", "response_length/mean"),
@@ -175,6 +180,29 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return Path(ckpt_dir) / f"global_step_{int(marker.read_text().strip())}"
 
 
+def train_steps(metrics: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+    """The training steps only (step 0 holds just the validation before training)."""
+    return {s: m for s, m in metrics.items() if "timing_s/step" in m}
+
+
+def start_end(metrics: dict[int, dict[str, float]], key: str) -> tuple[float, float] | None:
+    """``key`` at its first and last logged step, or None when it was never logged."""
+    steps = [s for s in sorted(metrics) if key in metrics[s]]
+    return (metrics[steps[0]][key], metrics[steps[-1]][key]) if steps else None
+
+
+def start_end_lines(metrics: dict[int, dict[str, float]]) -> list[str]:
+    """'name: start -> end (steps a -> b)' for the mean reward and every validation accuracy."""
+    keys = ["critic/score/mean"] + sorted(k for m in metrics.values() for k in m if k.startswith("val-core/"))
+    lines = []
+    for key in dict.fromkeys(keys):
+        pair = start_end(metrics, key)
+        if pair:
+            steps = [s for s in sorted(metrics) if key in metrics[s]]
+            lines.append(f"{key}: {pair[0]:.4g} -> {pair[1]:.4g} (step {steps[0]} -> {steps[-1]}, {pair[1] - pair[0]:+.4g})")
+    return lines
+
+
 def mean_step_seconds(metrics: dict[int, dict[str, float]], skip_first: bool = True) -> float:
     """Mean ``timing_s/step`` over the steps (the first, which includes warm-up, skipped if others exist)."""
     steps = sorted(metrics)
@@ -189,19 +217,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="outputs/cpu")
     parser.add_argument("--model-dir", default=None, help="tiny model (default: <workdir>/tiny_qwen3vl, built once)")
     parser.add_argument("--data-dir", default=None, help="holds synthetic/{train,test}.parquet (default: <workdir>/data)")
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", 4)))
+    parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", DEFAULT_STEPS)))
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="train the random tiny model itself (its reward is 0: nothing to learn from)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for verl's trainer")
     args = parser.parse_args(argv)
 
-    from verl_ext.tiny_model import build_tiny_qwen3vl
+    from verl_ext.tiny_model import build_tiny_qwen3vl, build_warm_start
 
     workdir = Path(args.workdir).resolve()
-    model_dir = Path(args.model_dir or workdir / "tiny_qwen3vl")
     data_dir = Path(args.data_dir or workdir / "data")
-    build_tiny_qwen3vl(model_dir)
     for split in ("train", "test"):
         if not (data_dir / "synthetic" / f"{split}.parquet").is_file():
             raise FileNotFoundError(f"{data_dir / 'synthetic' / f'{split}.parquet'} is missing (build_parquet.py synthetic)")
+    if args.model_dir:
+        model_dir = Path(args.model_dir)
+    else:
+        model_dir = build_tiny_qwen3vl(workdir / "tiny_qwen3vl")
+        if not args.no_warm_start:
+            warm = workdir / "tiny_qwen3vl_warm"
+            if not (warm / "warm_start.json").is_file():
+                print(f"warm start: supervised pass over the reference traces -> {warm} (once, cached)")
+            model_dir = build_warm_start(model_dir, data_dir / "synthetic" / "train.parquet", warm)
     print(f"[{args.method}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (args.method + '.log')}")
     start = time.time()
     rollouts = workdir / "rollouts" / args.method
@@ -215,12 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         if step in metrics:
             metrics[step]["rollout/acc"] = acc
     print(format_table(metrics))
-    last = metrics[max(metrics)]
-    val = {k: v for k, v in last.items() if k.startswith("val-core/")}
-    print(f"\nsummary [{args.method}]: {len(metrics)} steps in {time.time() - start:.0f} s (Ray start and model load included)")
-    print(f"  seconds per step (after the first): {mean_step_seconds(metrics):.2f}")
-    for key, value in sorted(val.items()):
-        print(f"  {key}: {value:.4g}")
+    print(f"\nsummary [{args.method}]: {args.steps} steps in {time.time() - start:.0f} s (Ray start and model load included)")
+    print(f"  seconds per step (after the first): {mean_step_seconds(train_steps(metrics)):.2f}")
+    for line in start_end_lines(metrics):
+        print(f"  {line}")
     print(f"  metrics: {metrics_path}")
     print(f"  checkpoint: {latest_checkpoint(ckpt) or ckpt}")
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from verl_ext.eval.protocol import PRESETS, load_protocol
-from verl_ext.eval.scorers import BENCHMARKS
+from verl_ext.eval.scorers import BENCHMARKS, EXTRA_BENCHMARKS
 
 
 def _kv(items: list[str], what: str) -> dict[str, str]:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="Hugging Face model dir, or verl checkpoint dir (global_step_N or its actor/)")
     p.add_argument("--data-dir", required=True, help="directory holding <benchmark>/<split>.parquet")
     p.add_argument("--out-dir", required=True, help="results directory (rerun into it to resume)")
-    p.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    p.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS + EXTRA_BENCHMARKS)}")
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="vllm (GPU) or hf (transformers generate)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sampling protocol preset")
     p.add_argument("--protocol-file", default=None, help="YAML file of protocol fields overriding the preset")

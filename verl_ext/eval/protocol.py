@@ -20,6 +20,7 @@ DEFAULT_SPLITS: dict[str, list[str]] = {
     "mathvision": ["test"],
     "zerobench": ["zerobench_subquestions", "subquestions", "zerobench", "main"],
     "wemath": ["testmini"],
+    "synthetic": ["test"],
 }
 
 

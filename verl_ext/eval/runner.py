@@ -25,7 +25,7 @@ from tqdm import tqdm
 from verl_ext.eval.backends import Backend
 from verl_ext.eval.data import Sample, load_benchmark
 from verl_ext.eval.protocol import Protocol
-from verl_ext.eval.scorers import BENCHMARKS, SCORER_VERSION, aggregate, score
+from verl_ext.eval.scorers import BENCHMARKS, EXTRA_BENCHMARKS, SCORER_VERSION, aggregate, score
 from verl_ext.eval.table import average, markdown_table
 
 
@@ -132,8 +132,8 @@ def run(
     finished evaluation only re-aggregates.
     """
     for b in benchmarks:
-        if b not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)}")
+        if b not in BENCHMARKS + EXTRA_BENCHMARKS:
+            raise ValueError(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS + EXTRA_BENCHMARKS)}")
     out = Path(out_dir)
     # what the stored responses depend on; the scorer does not matter: stored responses are re-scored
     meta = {"model": str(model), "backend": backend_name, "protocol": protocol.to_dict()}
@@ -173,6 +173,9 @@ def run(
     scores = {b: r["metrics"]["score"] for b, r in results.items()}
     label = label or Path(str(model).rstrip("/")).name
     table = markdown_table(scores, label, results)
+    extra = [b for b in EXTRA_BENCHMARKS if b in results]
+    if extra:  # outside Table 2: one line each
+        table += "\n" + "".join(f"{b}: accuracy {results[b]['metrics']['accuracy']:.2f} over {results[b]['metrics']['n']} rows\n" for b in extra)
     proto = protocol.to_dict()
     table += (
         f"\nProtocol: preset {proto['preset']}, temperature {proto['temperature']}, top_p {proto['top_p']}, "

@@ -35,6 +35,8 @@ from verl_ext.eval.extract import extract_answer
 
 SCORER_VERSION = "1.0"
 BENCHMARKS = ("mmmu", "mathvista", "mathvision", "zerobench", "wemath")
+# Evaluated on request (--benchmarks synthetic), outside the paper's Table 2 and its average.
+EXTRA_BENCHMARKS = ("synthetic",)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # ----------------------------------------------------------------------------------------------
@@ -364,12 +366,24 @@ def score_wemath(response: str, ground_truth: str, extra_info: Mapping[str, Any]
     return _mc_result(ext, ground_truth, _options(extra_info), n_letters=8)  # A-H when unlisted
 
 
+def score_synthetic(response: str, ground_truth: str, extra_info: Mapping[str, Any]) -> dict:
+    """The generated CPU set (``data_prep/converters/synthetic.py``): correct exactly when the training reward's
+    accuracy is 1 (``verl_ext.reward.compute_score``), so training and evaluation agree."""
+    from verl_ext.reward import compute_score
+    from verl_ext.reward import extract_answer as reward_answer
+
+    out = compute_score("synthetic", response, ground_truth, dict(extra_info))
+    ext = reward_answer(response)
+    return {"extracted": ext, "pred": ext, "correct": out["acc"] == 1.0}
+
+
 SCORERS: dict[str, Callable[[str, str, Mapping[str, Any]], dict]] = {
     "mmmu": score_mmmu,
     "mathvista": score_mathvista,
     "mathvision": score_mathvision,
     "zerobench": score_zerobench,
     "wemath": score_wemath,
+    "synthetic": score_synthetic,
 }
 
 

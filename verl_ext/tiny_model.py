@@ -188,13 +188,17 @@ def _chat_text(tokenizer, content: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": items}], tokenize=False, add_generation_prompt=True)
 
 
-def encode_sft_rows(rows: list[dict], processor, trace_field: str = "qwen3vl_235b_thinking_response") -> list[dict]:
+def encode_sft_rows(rows: list[dict], processor, trace_field: str | None = None) -> list[dict]:
     """Tokenise verl parquet rows (one user message, ``images`` as PNG bytes) with their reference trace as the
     assistant turn: ``input_ids`` (prompt then trace then ``<|im_end|>``), ``n_prompt``, vision tensors."""
     import io
 
+    import torch
     from PIL import Image
 
+    from verl_ext.privileged.config import DEFAULT_REFERENCE_FIELD
+
+    trace_field = trace_field or DEFAULT_REFERENCE_FIELD  # the field the teacher's reference hint reads too
     tok = processor.tokenizer
     out = []
     for i, row in enumerate(rows):
@@ -205,7 +209,7 @@ def encode_sft_rows(rows: list[dict], processor, trace_field: str = "qwen3vl_235
         enc = processor(text=[_chat_text(tok, row["prompt"][0]["content"])], images=images or None, return_tensors="pt")
         target = tok(trace + tok.eos_token, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         prompt = enc["input_ids"][0]
-        item = {"input_ids": __import__("torch").cat([prompt, target]), "n_prompt": len(prompt)}
+        item = {"input_ids": torch.cat([prompt, target]), "n_prompt": len(prompt)}
         if images:
             item["pixel_values"], item["image_grid_thw"] = enc["pixel_values"], enc["image_grid_thw"]
         out.append(item)

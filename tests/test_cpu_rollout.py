@@ -25,6 +25,17 @@ def test_sample_next_token_rules():
     assert set(top_p.tolist()) == {1, 3}
 
 
+def test_sampling_follows_the_softmax():
+    """Frequencies of 40,000 draws at temperature 2 match softmax(z / 2) to within 5 standard errors."""
+    z = torch.tensor([0.0, 3.0, 1.0, 2.0, -1.0])
+    g = torch.Generator().manual_seed(1)
+    draws = sample_next_token(z.repeat(40_000, 1), 2.0, 1.0, -1, generator=g)
+    freq = torch.bincount(draws, minlength=5).double() / 40_000
+    p = torch.exp(z.double() / 2) / torch.exp(z.double() / 2).sum()
+    se = torch.sqrt(p * (1 - p) / 40_000)
+    assert torch.all((freq - p).abs() < 5 * se), (freq, p)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     from verl.workers.config import HFModelConfig, RolloutConfig
@@ -33,9 +44,9 @@ def server(tiny_model_dir):
     return HFRolloutServer(config, HFModelConfig(path=str(tiny_model_dir)))
 
 
-def _image() -> Image.Image:
+def _image(k: int = 0) -> Image.Image:
     im = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(im).ellipse((10, 10, 40, 40), fill="red")
+    ImageDraw.Draw(im).ellipse((10 + 4 * k, 10, 40, 40 - 4 * k), fill=("red", "blue")[k % 2])
     return Image.open(io.BytesIO(_png(im))).convert("RGB")
 
 
@@ -45,31 +56,80 @@ def _png(im) -> bytes:
     return buf.getvalue()
 
 
-def test_greedy_generation_matches_full_forward(server):
-    """Tokens and log-probs of the KV-cached loop equal those of re-running the whole sequence."""
-    processor = server.processor
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    image = _image()
-    inputs = processor(text=[text], images=[image], return_tensors="pt")
-    prompt_ids = inputs["input_ids"][0].tolist()
-    out = server._generate(prompt_ids, {"temperature": 0.0, "logprobs": 0}, [image])
-    assert 1 <= len(out.token_ids) <= 6 and len(out.log_probs) == len(out.token_ids)
+def _prompt(processor, n_images: int, text: str):
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    chat = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    images = [_image(i) for i in range(n_images)]
+    inputs = processor(text=[chat], images=images or None, return_tensors="pt")
+    return inputs["input_ids"][0].tolist(), images, inputs
 
+
+def _check_against_full_forward(server, prompt_ids, inputs, out):
+    """Each generated token is the argmax of an unpadded full-sequence forward at its position, and its
+    log-prob is that forward's log-softmax (independent of the KV cache, the batching and the padding)."""
+    assert 1 <= len(out.token_ids) <= 6 and len(out.log_probs) == len(out.token_ids)
     ids = torch.tensor([prompt_ids + out.token_ids])
+    kwargs = {}
+    if "pixel_values" in inputs:
+        kwargs = {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"],
+                  "mm_token_type_ids": (ids == server.image_token_id).long()}
     with torch.no_grad():
-        logits = server.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=inputs["pixel_values"],
-            image_grid_thw=inputs["image_grid_thw"],
-            mm_token_type_ids=(ids == server.image_token_id).long(),
-        ).logits[0].float()
+        logits = server.model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs).logits[0].float()
     n = len(prompt_ids)
     for t, token in enumerate(out.token_ids):
         step_logits = logits[n - 1 + t]
         assert int(step_logits.argmax()) == token
         assert math.isclose(float(torch.log_softmax(step_logits, -1)[token]), out.log_probs[t], abs_tol=1e-4)
+
+
+def test_greedy_generation_matches_full_forward(server):
+    prompt_ids, images, inputs = _prompt(server.processor, 1, "How many circles?")
+    out = server._generate(prompt_ids, {"temperature": 0.0, "logprobs": 0}, images)
+    _check_against_full_forward(server, prompt_ids, inputs, out)
+
+
+def test_batched_requests_match_their_own_full_forward(server):
+    """Concurrent requests of different lengths, with 0, 1 and 2 images, go through one left-padded batch
+    (M-RoPE positions from the attention mask); each row still equals its own unbatched forward."""
+    import asyncio
+
+    prompts = [_prompt(server.processor, k, text) for k, text in
+               [(2, "Which image has more dots? Answer A or B."), (0, "Say hi"), (1, "What colour?")]]
+    calls = []
+
+    async def run_all():
+        return await asyncio.gather(*[server.generate(p, {"temperature": 0.0, "logprobs": 0}, f"r{i}", image_data=im or None)
+                                      for i, (p, im, _) in enumerate(prompts)])
+
+    original = server._generate_batch
+    server._generate_batch = lambda reqs: calls.append(len(reqs)) or original(reqs)
+    try:
+        outs = asyncio.run(run_all())
+    finally:
+        server._generate_batch = original
+    assert calls == [3]  # one generate call served all three
+    for (p, _, inputs), out in zip(prompts, outs):
+        _check_against_full_forward(server, p, inputs, out)
+
+
+def test_requests_with_other_sampling_settings_are_not_mixed(server):
+    import asyncio
+
+    p, im, _ = _prompt(server.processor, 1, "What shape?")
+    calls = []
+    original = server._generate_batch
+    server._generate_batch = lambda reqs: calls.append(sorted(r["key"][0] for r in reqs)) or original(reqs)
+
+    async def run_all():
+        params = [{"temperature": 0.0}, {"temperature": 1.0}, {"temperature": 0.0}]
+        return await asyncio.gather(*[server.generate(p, sp, f"r{i}", image_data=im) for i, sp in enumerate(params)])
+
+    try:
+        outs = asyncio.run(run_all())
+    finally:
+        server._generate_batch = original
+    assert sorted(calls) == [[0.0, 0.0], [1.0]]
+    assert outs[0].token_ids == outs[2].token_ids and outs[0].log_probs is None
 
 
 def test_image_token_count_mismatch_is_an_error(server):

@@ -206,8 +206,6 @@ def _ordered_map(spec: tuple, chunks, workers: int):
         for c in it:
             yield work(c)
         return
-    import qwen_vl_utils.vision_process  # noqa: F401  (imported once here, shared by the forked workers)
-
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_worker,
                                initargs=(spec, os.getpid()))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import re
 import string
@@ -217,7 +218,8 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
     w, h = img.size
     if w < 1 or h < 1:
         raise BadRow("", f"image has no pixels ({w}x{h})")
-    loaded_size(w, h)  # an image the loader refuses fails here, not in training
+    if max(w, h) > 100 * min(w, h):  # near qwen-vl-utils' aspect limit (200): fail here, not in training
+        loaded_size(w, h)
     if not opts.resize:
         if data is not None:
             return data
@@ -423,11 +425,25 @@ def _qwen_tokenizer():
     return AutoTokenizer.from_pretrained(str(Path(spec.submodule_search_locations[0]) / "tokenizer_files"))
 
 
-def image_tokens(width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None) -> int:
+def image_tokens(width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None,
+                 exact: bool = True) -> int:
     """Visual tokens Qwen3-VL gives an image of this size with this ``images`` entry clamp (32x32
-    pixels per token after ``fetch_image``'s resize, ``loaded_size``), plus vision start/end."""
-    w, h = loaded_size(width, height, min_pixels, max_pixels)
-    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR) + 2
+    pixels per token after ``fetch_image``'s resize, ``loaded_size``), plus vision start/end.
+    ``exact=False``: a cheap upper bound that needs no qwen-vl-utils (and so no torch) import: at
+    most ``max_pixels`` after a downscale, sides rounded up after an upscale to ``min_pixels``."""
+    if exact:
+        w, h = loaded_size(width, height, min_pixels, max_pixels)
+        return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR) + 2
+    f, f2 = IMAGE_FACTOR, IMAGE_FACTOR ** 2
+    lo = min_pixels if min_pixels is not None else 4 * f2  # qwen-vl-utils' defaults
+    hi = max_pixels if max_pixels is not None else 16384 * f2
+    up = max(1.0, math.sqrt(lo / (width * height)))
+    # kept or upscaled: sides at most rounded up after scaling by ``up``
+    kept_or_up = math.ceil(height * up / f) * math.ceil(width * up / f)
+    if max(height + f // 2, f) * max(width + f // 2, f) <= hi:  # rounding cannot pass max_pixels: no downscale
+        return kept_or_up + 2
+    # downscaled or kept: at most max_pixels; upscaled: min_pixels plus one row and column of patches
+    return max(hi // f2, lo // f2 + math.ceil((height + width) * up / f) + 1) + 2
 
 
 class PromptBudget:
@@ -439,12 +455,12 @@ class PromptBudget:
         self.max_tokens = max_tokens
 
     def tokens(self, row: dict, exact: bool = True) -> int:
-        """Image tokens from each image's header and its entry's clamp (no decode); text tokens
-        counted exactly, or (``exact=False``) bounded above by the text's byte count."""
+        """Tokens from each image's header and its entry's clamp (no decode) and the text; exact, or
+        (``exact=False``) a cheap upper bound (``image_tokens``; a text token covers at least a byte)."""
         n = CHAT_OVERHEAD_TOKENS
         for im in row["images"]:
             w, h = Image.open(io.BytesIO(im["bytes"])).size
-            n += image_tokens(w, h, im.get("min_pixels"), im.get("max_pixels"))
+            n += image_tokens(w, h, im.get("min_pixels"), im.get("max_pixels"), exact)
         text = row["prompt"][0]["content"].replace(IMAGE_TOKEN, "")
         tok = _qwen_tokenizer() if exact else None
         if tok is None:

@@ -378,6 +378,12 @@ def test_paper_pixel_clamp_is_the_default(tmp_path):
         assert image_tokens(*sizes[name], 262144, 1048576) == tokens[name] + 2  # + vision start/end
     assert _tokens_on_load(path, tmp_path) == {n: [t] for n, t in tokens.items()}
     assert all(256 <= t <= 1024 for t in tokens.values())
+    # the warm start loads them the same way (sides: the token grid above, times 32)
+    from verl_ext.tiny_model import build_processor, row_images
+
+    processor = build_processor()
+    loaded = {r["extra_info"]["id"]: [im.size for im in row_images(r, processor)] for r in read(path)}
+    assert loaded == {"big": [(36 * 32, 27 * 32)], "small": [(19 * 32, 14 * 32)], "mid": [(640, 480)]}
 
     build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "resized"), "--quiet",
                       "--resize-images"]))
@@ -420,3 +426,10 @@ def test_image_token_counts():
     assert image_tokens(20, 20) == 2 * 2 + 2  # raised to qwen-vl-utils' minimum of 4 tokens
     with pytest.raises(BadRow, match="aspect ratio"):
         image_tokens(201 * 5, 5)
+    # the cheap bound (no qwen-vl-utils import) used to skip exact counting is never below it
+    for clamp in [(None, None), (262144, 1048576), (4096, 16384), (1024, 1024 * 1024)]:
+        for w, h in [(1, 1), (15, 15), (33, 33), (47, 3000), (64, 64), (100, 60), (2048, 1536), (4000, 3999),
+                     (1023, 1025), (1010, 1030), (511, 513), (5000, 40), (120, 90), (6000, 100)]:
+            assert image_tokens(w, h, *clamp, exact=False) >= image_tokens(w, h, *clamp), (w, h, clamp)
+    assert image_tokens(4000, 3000, 262144, 1048576, exact=False) == 1024 + 2  # at most max_pixels
+    assert image_tokens(64, 64, exact=False) == image_tokens(64, 64) == 2 * 2 + 2

@@ -71,8 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the released code (the images entries carry min_pixels/max_pixels, which verl "
                         "passes to qwen-vl-utils' fetch_image)")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes converting rows (default: the CPU cores available); output is "
-                        "identical for any number")
+                   help="processes converting rows; output is identical for any number (default: 1, or "
+                        "the CPU cores available with --resize-images: without resizing a row costs "
+                        "less than handing it to another process)")
     p.add_argument("--max-prompt-tokens", type=int, default=4096,
                    help="count (and with --skip-bad reject) rows whose prompt is estimated longer than "
                         "this many tokens, text plus image tokens (default 4096, the recipes' "
@@ -106,7 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.no_pixel_clamp and args.resize_images:
         p.error("--resize-images needs a pixel clamp; drop --no-pixel-clamp")
     if args.workers is None:
-        args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        args.workers = cores if args.resize_images else 1
     elif args.workers <= 0:
         p.error("--workers must be positive")
     if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:

@@ -225,10 +225,11 @@ def _processes_naming(path: Path) -> list[int]:
 
 
 def test_killed_run_leaves_no_finished_file(tmp_path):
-    """SIGKILL mid-run: only a hidden temporary (not named *.parquet) can remain."""
+    """SIGKILL mid-run: only a hidden temporary (not named *.parquet) can remain, and no worker process."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(ROOT / "data_prep/build_parquet.py"), "synthetic", "--out-dir",
-                             str(out), "--synthetic-train-size", "100000", "--row-group-rows", "16", "--quiet"],
+                             str(out), "--synthetic-train-size", "100000", "--row-group-rows", "16", "--quiet",
+                             "--workers", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

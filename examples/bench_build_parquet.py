@@ -138,14 +138,15 @@ def main() -> None:
             for r in results:
                 print(f"{r['mode']:>13} {r['rows']:>7} rows, {r['workers']} worker(s): {r['rows'] / r['seconds']:7.1f} rows/s "
                       f"({r['seconds']:.1f} s)  {1000 * r['cpu_seconds'] / r['rows']:6.1f} CPU ms/row   "
-                      f"peak RSS main {r['rss_peak_kb'] / 1024:6.1f} MiB, largest worker {r['worker_rss_peak_kb'] / 1024:6.1f} MiB   "
+                      f"peak RSS main {r['rss_peak_kb'] / 1024:6.1f} MiB, largest worker "
+                      + (f"{r['worker_rss_peak_kb'] / 1024:6.1f} MiB   " if r["workers"] > 1 else "     -       ") +
                       f"parquet {r['parquet_mib']:7.1f} MiB")
             a, b = results
             rate = b["rows"] / b["seconds"]
             rates[mode] = (rate, b["rows"] / b["cpu_seconds"])
+            worker = f"worker x{b['worker_rss_peak_kb'] / a['worker_rss_peak_kb']:.3f}" if b["workers"] > 1 else "no workers"
             print(f"{mode:>13} peak RSS {b['rows']} vs {a['rows']} rows: main x{b['rss_peak_kb'] / a['rss_peak_kb']:.3f}, "
-                  f"worker x{b['worker_rss_peak_kb'] / max(a['worker_rss_peak_kb'], 1):.3f}; "
-                  f"{RELEASE_ROWS} rows extrapolated: {RELEASE_ROWS / rate / 60:.1f} min wall clock, "
+                  f"{worker}; {RELEASE_ROWS} rows extrapolated: {RELEASE_ROWS / rate / 60:.1f} min wall clock, "
                   f"{RELEASE_ROWS * b['cpu_seconds'] / b['rows'] / 60:.1f} CPU-min")
         if len(rates) == 2:
             print(f"on_load / at_conversion: x{rates['on_load'][0] / rates['at_conversion'][0]:.1f} rows/s, "

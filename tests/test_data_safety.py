@@ -48,6 +48,10 @@ BAD_TRAIN = {
     "missing_file": ({"images": ["imgs/nope.png"]}, "images[0]", "cannot be read"),
     "null_image": ({"images": [None]}, "images[0]", "missing"),
     "corrupt_image": ("corrupt", "images[0]", "cannot be decoded"),
+    # header intact, data cut: the cheap check (PNG checksums, JPEG at 1/8 scale) still catches it
+    "truncated_png": ("truncated_png", "images[0]", "cannot be decoded"),
+    "truncated_jpeg": ("truncated_jpeg", "images[0]", "cannot be decoded"),
+    "elongated_image": ("elongated", "images[0]", "cannot be loaded by qwen-vl-utils"),  # aspect ratio 250
     "empty_answer": ({"answer": "  "}, "answer", "empty"),
     "null_answer": ({"answer": None}, "answer", "empty"),
     "too_few_images": ({"problem": "<image> and <image>"}, "images", "1 image(s) but 2"),
@@ -67,6 +71,17 @@ def make_bad(case, root):
     if change == "corrupt":
         (root / "imgs/bad.png").write_bytes(L.png(5)[:40])  # truncated PNG
         row["images"] = ["imgs/bad.png"]
+    elif change in ("truncated_png", "truncated_jpeg", "elongated"):
+        import io
+
+        from PIL import Image
+
+        img = Image.effect_noise((1000, 4) if change == "elongated" else (64, 48), 60).convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG" if change == "truncated_jpeg" else "PNG")
+        data = buf.getvalue()
+        (root / f"imgs/{change}").write_bytes(data if change == "elongated" else data[: len(data) * 3 // 4])
+        row["images"] = [f"imgs/{change}"]
     elif change == "no_answer_column":
         del row["answer"]
     else:

@@ -399,6 +399,13 @@ def test_paper_pixel_clamp_is_the_default(tmp_path):
     raw = read(tmp_path / "raw/train/train.parquet")
     assert [Image.open(io.BytesIO(r["images"][0]["bytes"])).size for r in raw] == list(sizes.values())
     assert all((r["images"][0]["min_pixels"], r["images"][0]["max_pixels"]) == (None, None) for r in raw)
+    # --max-prompt-tokens counts the clamped image: same text, so the estimates differ by the image
+    # tokens alone (unclamped, by hand: big 56 x 75, small 3 x 4, mid 15 x 20)
+    from data_prep.common import PromptBudget
+
+    budget = PromptBudget(4096)
+    diff = {r["extra_info"]["id"]: budget.tokens(r) - budget.tokens(q) for r, q in zip(read(path), raw)}
+    assert diff == {"big": 27 * 36 - 56 * 75, "small": 14 * 19 - 3 * 4, "mid": 0}
 
 
 def test_row_count_mismatch_is_warned(tmp_path, capsys):

@@ -72,8 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "passes to qwen-vl-utils' fetch_image)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes converting rows; output is identical for any number (default: 1, or "
-                        "the CPU cores available with --resize-images: without resizing a row costs "
-                        "less than handing it to another process)")
+                        "the CPU cores available with --resize-images: without resizing, reading and "
+                        "writing in the main process bound the speed)")
     p.add_argument("--max-prompt-tokens", type=int, default=4096,
                    help="count (and with --skip-bad reject) rows whose prompt is estimated longer than "
                         "this many tokens, text plus image tokens (default 4096, the recipes' "

@@ -148,20 +148,20 @@ def _read_path(path: str, base_dir: str | None) -> bytes:
                          f"{' and ' + Path(path).parts[0] + '.zip' if len(Path(path).parts) > 1 else ''})") from None
 
 
-def check_image(data: bytes) -> Image.Image:
+def check_image(data: bytes) -> tuple[int, int]:
     """Prove that ``data`` is a whole, readable image without decoding it at full size: a PNG's chunk
     checksums are verified, a JPEG is decoded at 1/8 scale (libjpeg's DCT scaling), other formats
-    are decoded fully. Truncated or corrupt files raise. Returns the opened (header-only) image."""
+    are decoded fully. Truncated or corrupt files raise. Returns its (width, height)."""
     img = Image.open(io.BytesIO(data))
+    size = img.size
     if img.format == "PNG":
-        Image.open(io.BytesIO(data)).verify()
+        img.verify()
     elif img.format == "JPEG":
-        probe = Image.open(io.BytesIO(data))
-        probe.draft("RGB", (max(1, probe.width // 8), max(1, probe.height // 8)))
-        probe.load()
+        img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        img.load()
     else:
-        Image.open(io.BytesIO(data)).load()
-    return img
+        img.load()
+    return size
 
 
 def loaded_size(width: int, height: int, min_pixels: int | None = None,
@@ -189,6 +189,7 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
     if isinstance(value, Image.Image):
         data = None
         img = value
+        w, h = img.size
     else:
         if isinstance(value, dict):
             if value.get("bytes"):
@@ -211,11 +212,11 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
             if opts.resize:
                 img = Image.open(io.BytesIO(data))
                 img.load()
+                w, h = img.size
             else:
-                img = check_image(data)
+                w, h = check_image(data)
         except Exception as e:  # PIL raises several types on corrupt data
             raise BadRow("", f"image cannot be decoded ({type(e).__name__}: {e})") from None
-    w, h = img.size
     if w < 1 or h < 1:
         raise BadRow("", f"image has no pixels ({w}x{h})")
     if max(w, h) > 100 * min(w, h):  # near qwen-vl-utils' aspect limit (200): fail here, not in training

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import random
 import sys
-from contextlib import ExitStack
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -37,6 +41,7 @@ VAL_SPLIT = "val"
 # The released code resizes every image into this range on load (data.min_pixels / image_max_pixels).
 PAPER_MIN_PIXELS, PAPER_MAX_PIXELS = 262144, 1048576
 UNCLAMPED = {"synthetic"}  # generated tiny images: the CPU default keeps them small
+CHUNK_ROWS = 32  # rows per task of a worker process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +65,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(the paper's) for train and the benchmarks, none for synthetic")
     p.add_argument("--no-pixel-clamp", action="store_true",
                    help="keep every image at its own size (no default clamp)")
+    p.add_argument("--resize-images", action="store_true",
+                   help="resize images into the clamp at conversion and store them as PNG (slow); by "
+                        "default each image keeps its own bytes and the clamp is applied on load, as in "
+                        "the released code (the images entries carry min_pixels/max_pixels, which verl "
+                        "passes to qwen-vl-utils' fetch_image)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes converting rows; output is identical for any number (default: 1, or "
+                        "the CPU cores available with --resize-images: without resizing, reading and "
+                        "writing in the main process bound the speed)")
     p.add_argument("--max-prompt-tokens", type=int, default=4096,
                    help="count (and with --skip-bad reject) rows whose prompt is estimated longer than "
                         "this many tokens, text plus image tokens (default 4096, the recipes' "
@@ -90,6 +104,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be positive")
     if args.no_pixel_clamp and (args.min_pixels or args.max_pixels):
         p.error("--no-pixel-clamp cannot be combined with --min-pixels/--max-pixels")
+    if args.no_pixel_clamp and args.resize_images:
+        p.error("--resize-images needs a pixel clamp; drop --no-pixel-clamp")
+    if args.workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        args.workers = cores if args.resize_images else 1
+    elif args.workers <= 0:
+        p.error("--workers must be positive")
     if args.min_pixels and args.max_pixels and args.min_pixels > args.max_pixels:
         p.error("--min-pixels must not exceed --max-pixels")
     if args.max_prompt_tokens <= 0:
@@ -122,7 +143,88 @@ def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> 
         raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
 
 
-def _convert_split(name, conv, job, args, renderer, out_root, summary):
+class RowWork:
+    """The per-row work of one split, the same in the main process and in a worker: source row ->
+    (split, row or None, BadRow or None, over the prompt budget). ``extra_info.index`` is set by
+    the writer's side, which alone knows how many rows each split has so far."""
+
+    def __init__(self, name: str, job, template: str | None, min_px, max_px, resize: bool,
+                 max_prompt_tokens: int, skip_bad: bool):
+        self.name, self.job, self.skip_bad = name, job, skip_bad
+        self.conv = DATASETS[name]
+        self.renderer = PromptRenderer(template)
+        self.clamp = (min_px, max_px, resize)
+        self.budget = PromptBudget(max_prompt_tokens)
+
+    def __call__(self, items: list) -> list:
+        out = []
+        for pos, split, base_dir, raw in items:
+            row_id = raw.where if isinstance(raw, SourceRowError) else self.conv.row_id(raw, pos, self.job)
+            over = False
+            try:
+                row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer,
+                                   ImageOptions(self.clamp[0], self.clamp[1], base_dir, self.clamp[2]))
+                n_tok = self.budget.over(row)
+                over = n_tok is not None
+                if over and self.skip_bad:
+                    raise BadRow("prompt", f"prompt of about {n_tok} tokens (text and images) is over "
+                                           f"--max-prompt-tokens {self.budget.max_tokens}")
+            except BadRow as e:
+                out.append((split, None, e.locate(self.name, split, row_id), over))
+            else:
+                out.append((split, row, None, over))
+        return out
+
+
+_WORK: RowWork | None = None
+
+
+def _init_worker(spec: tuple, parent: int) -> None:
+    global _WORK
+    if sys.platform.startswith("linux"):  # a killed conversion takes its workers with it
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    _WORK = RowWork(*spec)
+
+
+def _run_chunk(items: list) -> list:
+    return _WORK(items)
+
+
+def _ordered_map(spec: tuple, chunks, workers: int):
+    """``RowWork(*spec)`` over ``chunks``, results in input order. With ``workers`` > 1 and more than
+    one chunk, a process pool with at most two chunks per worker in flight, so memory stays bounded
+    however long the source is."""
+    it = iter(chunks)
+    head = [c for c in (next(it, None), next(it, None)) if c is not None]
+    if workers <= 1 or len(head) < 2:
+        work = RowWork(*spec)
+        for c in head:
+            yield work(c)
+        for c in it:
+            yield work(c)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_worker,
+                               initargs=(spec, os.getpid()))
+    try:
+        pending: deque = deque()
+        for chunk in head:
+            pending.append(pool.submit(_run_chunk, chunk))
+        for chunk in it:
+            pending.append(pool.submit(_run_chunk, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _convert_split(name, conv, job, args, out_root, summary):
     source = getattr(args, f"{name}_source", None) or conv.hub_id
     try:
         stream = conv.stream(source, job, args)
@@ -145,11 +247,26 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
         splits.append(VAL_SPLIT)
 
     min_px, max_px = pixel_clamp(name, args)
-    image_meta = {"min_pixels": min_px, "max_pixels": max_px}
+    mode = ImageOptions(min_px, max_px, resize=args.resize_images).mode
+    image_meta = {"min_pixels": min_px, "max_pixels": max_px, "image_clamp": mode}
     schema = row_schema(conv.extra_fields, conv.with_trace).with_metadata(
         {"rlsd_verl.images": json.dumps(image_meta), "rlsd_verl.max_prompt_tokens": str(args.max_prompt_tokens)})
     out_dir = out_root / name
-    budget = PromptBudget(args.max_prompt_tokens)
+    spec = (name, job, args.prompt_template, min_px, max_px, args.resize_images, args.max_prompt_tokens,
+            args.skip_bad)
+
+    def chunks():
+        buf = []
+        for pos, (base_dir, raw) in enumerate(stream.rows()):
+            if args.limit is not None and pos >= args.limit:
+                break
+            buf.append((pos, VAL_SPLIT if pos in val_rows else job.split, base_dir, raw))
+            if len(buf) == CHUNK_ROWS:
+                yield buf
+                buf = []
+        if buf:
+            yield buf
+
     with ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out_dir, s, schema, args.shard_size, args.row_group_rows))
                    for s in splits}
@@ -159,30 +276,20 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
         over_budget = {s: 0 for s in splits}
         bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
                                        disable=args.quiet, file=sys.stderr))
-        for pos, (base_dir, raw) in enumerate(stream.rows()):
-            if args.limit is not None and pos >= args.limit:
-                break
-            split = VAL_SPLIT if pos in val_rows else job.split
-            row_id = raw.where if isinstance(raw, SourceRowError) else conv.row_id(raw, pos, job)
-            try:
-                row = _convert_row(conv, raw, row_id, job, split, writers[split].rows, renderer,
-                                   ImageOptions(min_px, max_px, base_dir))
-                n_tok = budget.over(row)
-                if n_tok is not None:
-                    over_budget[split] += 1
-                    if args.skip_bad:
-                        raise BadRow("prompt", f"prompt of about {n_tok} tokens (text and images) is over "
-                                               f"--max-prompt-tokens {args.max_prompt_tokens}")
-            except BadRow as e:
-                e.locate(name, split, row_id)
-                if not args.skip_bad:
-                    raise
-                rejects[split].add(e)
-            else:
-                if conv.with_trace and not row["extra_info"][TRACE_FIELD]:
-                    no_trace[split] += 1
-                writers[split].add(row)
-            bar.update(1)
+        results = stack.enter_context(closing(_ordered_map(spec, chunks(), args.workers)))
+        for done in results:
+            for split, row, err, over in done:
+                over_budget[split] += over
+                if err is not None:
+                    if not args.skip_bad:
+                        raise err
+                    rejects[split].add(err)
+                else:
+                    row["extra_info"]["index"] = writers[split].rows
+                    if conv.with_trace and not row["extra_info"][TRACE_FIELD]:
+                        no_trace[split] += 1
+                    writers[split].add(row)
+                bar.update(1)
         for s in splits:
             files = writers[s].commit()
             rej_file = rejects[s].commit()
@@ -195,18 +302,18 @@ def _convert_split(name, conv, job, args, renderer, out_root, summary):
                             "expected_rows": expected, "rows_read": read,
                             "count_mismatch": bool(expected is not None and args.limit is None and read != expected),
                             "over_prompt_budget": over_budget[s], "max_prompt_tokens": args.max_prompt_tokens,
-                            **image_meta})
+                            "workers": args.workers, **image_meta})
 
 
 def build(args: argparse.Namespace) -> list[dict]:
     """Convert every dataset of ``args.names``; returns one summary record per written split."""
-    renderer = PromptRenderer(args.prompt_template)
+    PromptRenderer(args.prompt_template)  # a missing template stops the run before any data is read
     out_root = Path(args.out_dir)
     summary: list[dict] = []
     for name in args.names:
         conv = DATASETS[name]
         for job in conv.jobs(args):
-            _convert_split(name, conv, job, args, renderer, out_root, summary)
+            _convert_split(name, conv, job, args, out_root, summary)
     return summary
 
 
@@ -220,7 +327,9 @@ def format_summary(summary: list[dict]) -> str:
             lines.append(f"{'':<4}WARNING: read {rec['rows_read']} rows, the published {rec['split']} split has "
                          f"{exp}: the local copy is incomplete or another version")
         if rec.get("min_pixels") or rec.get("max_pixels"):
-            lines.append(f"{'':<4}images clamped to {rec['min_pixels']}..{rec['max_pixels']} pixels")
+            when = ("on load (qwen-vl-utils fetch_image; images stored as they are)"
+                    if rec.get("image_clamp") == "on_load" else "at conversion (stored resized)")
+            lines.append(f"{'':<4}images clamped to {rec['min_pixels']}..{rec['max_pixels']} pixels {when}")
         if rec.get("over_prompt_budget"):
             lines.append(f"{'':<4}{rec['over_prompt_budget']} row(s) with a prompt over {rec['max_prompt_tokens']} "
                          "tokens (verl's filter_overlong_prompts drops them; --skip-bad rejects them here)")

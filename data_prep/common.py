@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import re
 import string
@@ -89,9 +90,26 @@ class Sample:
 
 @dataclass
 class ImageOptions:
+    """How images are written. With a clamp and ``resize`` off (the default), each image keeps its
+    own bytes and carries ``min_pixels``/``max_pixels``, which verl's loader passes to qwen-vl-utils'
+    ``fetch_image`` (the released code's resize on load); ``resize`` resizes at conversion instead."""
+
     min_pixels: int | None = None
     max_pixels: int | None = None
     base_dir: str | None = None  # relative image paths are resolved against this
+    resize: bool = False
+
+    @property
+    def mode(self) -> str:
+        if self.min_pixels is None and self.max_pixels is None:
+            return "none"
+        return "at_conversion" if self.resize else "on_load"
+
+    def entry(self, data: bytes) -> dict:
+        """The ``images`` struct of one image: its bytes and the clamp the loader applies."""
+        on_load = self.mode == "on_load"
+        return {"bytes": data, "min_pixels": self.min_pixels if on_load else None,
+                "max_pixels": self.max_pixels if on_load else None}
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,15 +148,48 @@ def _read_path(path: str, base_dir: str | None) -> bytes:
                          f"{' and ' + Path(path).parts[0] + '.zip' if len(Path(path).parts) > 1 else ''})") from None
 
 
+def check_image(data: bytes) -> tuple[int, int]:
+    """Prove that ``data`` is a whole, readable image without decoding it at full size: a PNG's chunk
+    checksums are verified, a JPEG is decoded at 1/8 scale (libjpeg's DCT scaling), other formats
+    are decoded fully. Truncated or corrupt files raise. Returns its (width, height)."""
+    img = Image.open(io.BytesIO(data))
+    size = img.size
+    if img.format == "PNG":
+        img.verify()
+    elif img.format == "JPEG":
+        img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        img.load()
+    else:
+        img.load()
+    return size
+
+
+def loaded_size(width: int, height: int, min_pixels: int | None = None,
+                max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) that qwen-vl-utils' ``fetch_image`` (verl's image loader) resizes an image of
+    this size to, given the ``min_pixels``/``max_pixels`` of its ``images`` entry (None: its
+    defaults), for Qwen3-VL's 32-pixel factor. ``BadRow`` where it refuses the image (aspect ratio
+    over 200), which would stop training at load."""
+    from qwen_vl_utils.vision_process import smart_resize
+
+    try:
+        h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    except ValueError as e:  # qwen-vl-utils' aspect-ratio limit
+        raise BadRow("", f"image of {width}x{height} pixels cannot be loaded by qwen-vl-utils ({e})") from None
+    return w, h
+
+
 def image_bytes(value: Any, opts: ImageOptions) -> bytes:
-    """PNG/JPEG bytes of one image value, fully decoded once to prove it is an image; re-encoded as
-    PNG only when it is a PIL image or its pixel count is outside ``[min_pixels, max_pixels]``
-    (resized with qwen-vl-utils' ``smart_resize``, sides multiples of 32). Raises ``BadRow``."""
+    """PNG/JPEG bytes of one image value. Without ``opts.resize``, the source's own bytes (a PIL
+    image is encoded as PNG) after a cheap integrity check (``check_image``); with it, fully decoded
+    and re-encoded as PNG when its pixel count is outside ``[min_pixels, max_pixels]`` (resized
+    with qwen-vl-utils' ``smart_resize``, sides multiples of 32). Raises ``BadRow``."""
     if value is None:
         raise BadRow("", "image is missing (null)")
     if isinstance(value, Image.Image):
         data = None
         img = value
+        w, h = img.size
     else:
         if isinstance(value, dict):
             if value.get("bytes"):
@@ -158,26 +209,36 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
         if not data:
             raise BadRow("", "image is empty (0 bytes)")
         try:
-            img = Image.open(io.BytesIO(data))
-            img.load()
+            if opts.resize:
+                img = Image.open(io.BytesIO(data))
+                img.load()
+                w, h = img.size
+            else:
+                w, h = check_image(data)
         except Exception as e:  # PIL raises several types on corrupt data
             raise BadRow("", f"image cannot be decoded ({type(e).__name__}: {e})") from None
-    w, h = img.size
     if w < 1 or h < 1:
         raise BadRow("", f"image has no pixels ({w}x{h})")
-    too_small = opts.min_pixels is not None and w * h < opts.min_pixels
-    too_big = opts.max_pixels is not None and w * h > opts.max_pixels
-    if data is not None and not (too_small or too_big):
-        return data
-    if too_small or too_big:
-        from qwen_vl_utils.vision_process import smart_resize
+    if max(w, h) > 100 * min(w, h):  # near qwen-vl-utils' aspect limit (200): fail here, not in training
+        loaded_size(w, h)
+    if not opts.resize:
+        if data is not None:
+            return data
+    else:
+        too_small = opts.min_pixels is not None and w * h < opts.min_pixels
+        too_big = opts.max_pixels is not None and w * h > opts.max_pixels
+        if data is not None and not (too_small or too_big):
+            return data
+        if too_small or too_big:
+            from qwen_vl_utils.vision_process import smart_resize
 
-        nh, nw = smart_resize(h, w, factor=IMAGE_FACTOR,
-                              min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
-                              max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0, IMAGE_FACTOR * IMAGE_FACTOR))
-        if img.mode not in ("RGB", "RGBA", "L"):
-            img = img.convert("RGB")
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+            nh, nw = smart_resize(h, w, factor=IMAGE_FACTOR,
+                                  min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
+                                  max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0,
+                                                                    IMAGE_FACTOR * IMAGE_FACTOR))
+            if img.mode not in ("RGB", "RGBA", "L"):
+                img = img.convert("RGB")
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
@@ -271,6 +332,11 @@ BASE_EXTRA_FIELDS: dict[str, pa.DataType] = {
 }
 
 
+# ``min_pixels``/``max_pixels``: the clamp verl's loader (qwen-vl-utils ``fetch_image``) applies to
+# the image, null when the bytes are used at their own size (or were resized at conversion)
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("min_pixels", pa.int64()), ("max_pixels", pa.int64())])
+
+
 def row_schema(extra_fields: dict[str, pa.DataType], with_trace: bool) -> pa.Schema:
     extra = dict(BASE_EXTRA_FIELDS)
     if with_trace:
@@ -279,7 +345,7 @@ def row_schema(extra_fields: dict[str, pa.DataType], with_trace: bool) -> pa.Sch
     return pa.schema([
         ("data_source", pa.string()),
         ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("images", pa.list_(pa.struct([("bytes", pa.binary())]))),
+        ("images", pa.list_(IMAGE_STRUCT)),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
         ("extra_info", pa.struct([(k, t) for k, t in extra.items()])),
@@ -312,7 +378,7 @@ def build_row(sample: Sample, *, data_source: str, ability: str, split: str, ind
     images = []
     for name, value in sample.images:
         try:
-            images.append({"bytes": image_bytes(value, image_opts)})
+            images.append(image_opts.entry(image_bytes(value, image_opts)))
         except BadRow as e:
             e.field = name
             raise
@@ -360,17 +426,25 @@ def _qwen_tokenizer():
     return AutoTokenizer.from_pretrained(str(Path(spec.submodule_search_locations[0]) / "tokenizer_files"))
 
 
-def image_tokens(width: int, height: int, exact: bool = True) -> int:
-    """Visual tokens Qwen3-VL gives an image of this size (32x32 pixels per token after its own
-    smart_resize), plus its vision start/end tokens. ``exact=False``: a cheap upper bound (sides
-    rounded up), which needs no qwen-vl-utils (and so no torch) import."""
-    if not exact:
-        return -(-height // IMAGE_FACTOR) * -(-width // IMAGE_FACTOR) + 2
-    from qwen_vl_utils.vision_process import smart_resize
-
-    h, w = smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=IMAGE_FACTOR * IMAGE_FACTOR,
-                        max_pixels=16384 * IMAGE_FACTOR * IMAGE_FACTOR)
-    return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR) + 2
+def image_tokens(width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None,
+                 exact: bool = True) -> int:
+    """Visual tokens Qwen3-VL gives an image of this size with this ``images`` entry clamp (32x32
+    pixels per token after ``fetch_image``'s resize, ``loaded_size``), plus vision start/end.
+    ``exact=False``: a cheap upper bound that needs no qwen-vl-utils (and so no torch) import: at
+    most ``max_pixels`` after a downscale, sides rounded up after an upscale to ``min_pixels``."""
+    if exact:
+        w, h = loaded_size(width, height, min_pixels, max_pixels)
+        return (h // IMAGE_FACTOR) * (w // IMAGE_FACTOR) + 2
+    f, f2 = IMAGE_FACTOR, IMAGE_FACTOR ** 2
+    lo = min_pixels if min_pixels is not None else 4 * f2  # qwen-vl-utils' defaults
+    hi = max_pixels if max_pixels is not None else 16384 * f2
+    up = max(1.0, math.sqrt(lo / (width * height)))
+    # kept or upscaled: sides at most rounded up after scaling by ``up``
+    kept_or_up = math.ceil(height * up / f) * math.ceil(width * up / f)
+    if max(height + f // 2, f) * max(width + f // 2, f) <= hi:  # rounding cannot pass max_pixels: no downscale
+        return kept_or_up + 2
+    # downscaled or kept: at most max_pixels; upscaled: min_pixels plus one row and column of patches
+    return max(hi // f2, lo // f2 + math.ceil((height + width) * up / f) + 1) + 2
 
 
 class PromptBudget:
@@ -382,10 +456,12 @@ class PromptBudget:
         self.max_tokens = max_tokens
 
     def tokens(self, row: dict, exact: bool = True) -> int:
+        """Tokens from each image's header and its entry's clamp (no decode) and the text; exact, or
+        (``exact=False``) a cheap upper bound (``image_tokens``; a text token covers at least a byte)."""
         n = CHAT_OVERHEAD_TOKENS
         for im in row["images"]:
             w, h = Image.open(io.BytesIO(im["bytes"])).size
-            n += image_tokens(w, h, exact)
+            n += image_tokens(w, h, im.get("min_pixels"), im.get("max_pixels"), exact)
         text = row["prompt"][0]["content"].replace(IMAGE_TOKEN, "")
         tok = _qwen_tokenizer() if exact else None
         if tok is None:

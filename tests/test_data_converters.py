@@ -142,17 +142,23 @@ def test_limit_and_shards(tmp_path):
 
 
 def test_pixel_bounds_resize_with_smart_resize(tmp_path):
+    """--resize-images: images resized at conversion (sides multiples of 32), entries carry no clamp."""
     L.write_train_upstream(tmp_path / "src", n=1)  # an 8x6 image
-    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--min-pixels", str(64 * 64))
+    run(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--min-pixels", str(64 * 64), "--resize-images")
     import io
 
     from PIL import Image
 
-    img = Image.open(io.BytesIO(read(tmp_path / "out/train/train.parquet")[0]["images"][0]["bytes"]))
+    path = tmp_path / "out/train/train.parquet"
+    entry = read(path)[0]["images"][0]
+    img = Image.open(io.BytesIO(entry["bytes"]))
     w, h = img.size
     assert w % 32 == 0 and h % 32 == 0 and w * h >= 64 * 64 and abs(w / h - 8 / 6) < 0.5
+    assert (entry["min_pixels"], entry["max_pixels"]) == (None, None)
+    meta = json.loads(pq.read_schema(path).metadata[b"rlsd_verl.images"])
+    assert meta == {"min_pixels": 64 * 64, "max_pixels": None, "image_clamp": "at_conversion"}
     run(tmp_path / "out2", "synthetic", "--synthetic-train-size", "5", "--synthetic-test-size", "0",
-        "--max-pixels", str(32 * 32))
+        "--max-pixels", str(32 * 32), "--resize-images")
     for r in read(tmp_path / "out2/synthetic/train.parquet"):
         for im in r["images"]:
             assert Image.open(io.BytesIO(im["bytes"])).size == (32, 32)
@@ -311,15 +317,47 @@ def test_released_template_variables(tmp_path):
     assert rows[4]["prompt"][0]["content"].startswith("[open-ended|True] <image><image>Describe")
 
 
+def _tokens_on_load(parquet, tmp_path):
+    """Visual tokens per image as verl's loader gives them: ``RLHFDataset`` builds the messages from
+    the row, qwen-vl-utils loads and resizes each image, a Qwen3-VL processor (Qwen3-VL-8B's image
+    settings: patch 16, merge 2, 65,536..16,777,216 pixels) makes the grid."""
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from verl_ext.tiny_model import build_processor
+
+    processor = build_processor(min_pixels=65536, max_pixels=16777216)
+    config = OmegaConf.create({"filter_overlong_prompts": False, "max_prompt_length": 100_000,
+                               "cache_dir": str(tmp_path / "cache")})
+    ds = RLHFDataset(data_files=[str(parquet)], tokenizer=processor.tokenizer, config=config, processor=processor)
+    out = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        messages = item["raw_prompt"]
+        images, _, _ = RLHFDataset._process_multi_modal_info(messages, ds.image_patch_size, config)
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        grid = processor(text=[text], images=images, return_tensors="pt")["image_grid_thw"]
+        out[item["extra_info"]["id"]] = [int(g.prod()) // 4 for g in grid]
+    return out
+
+
 def test_paper_pixel_clamp_is_the_default(tmp_path):
-    """Every image ends within the released code's 262144..1048576 pixels, so Qwen3-VL gives it
-    256..1024 visual tokens (32x32 pixels each); the values are in the parquet metadata."""
+    """Images are stored as they are, each entry carrying the released code's 262144..1048576 pixel
+    clamp; verl's loader then resizes them into it, so Qwen3-VL gives each 256..1024 visual tokens
+    (32x32 pixels each). The conversion's prompt-length estimate counts the same tokens from the
+    image header, and --resize-images (the clamp at conversion) gives the same counts."""
     import io
 
     from PIL import Image
 
+    from data_prep.common import image_tokens
+
     src = tmp_path / "src"
     sizes = {"big": (2400, 1800), "small": (120, 90), "mid": (640, 480)}
+    # by hand (smart_resize): big: beta = sqrt(4320000 / 1048576) = 2.0297, floor(1800 / beta / 32) = 27,
+    # floor(2400 / beta / 32) = 36; small: beta = sqrt(262144 / 10800) = 4.9267, ceil(90 beta / 32) = 14,
+    # ceil(120 beta / 32) = 19; mid: 480 / 32 = 15, 640 / 32 = 20, inside the range
+    tokens = {"big": 27 * 36, "small": 14 * 19, "mid": 15 * 20}
     for name, size in sizes.items():
         (src / "i").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", size, (10, 200, 30)).save(src / "i" / f"{name}.png")
@@ -327,22 +365,47 @@ def test_paper_pixel_clamp_is_the_default(tmp_path):
             for n in sizes]
     (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "out"), "--quiet"]))
-    assert (summary[0]["min_pixels"], summary[0]["max_pixels"]) == (262144, 1048576)
+    rec = summary[0]
+    assert (rec["min_pixels"], rec["max_pixels"], rec["image_clamp"]) == (262144, 1048576, "on_load")
     path = tmp_path / "out/train/train.parquet"
     meta = json.loads(pq.read_schema(path).metadata[b"rlsd_verl.images"])
-    assert meta == {"min_pixels": 262144, "max_pixels": 1048576}
+    assert meta == {"min_pixels": 262144, "max_pixels": 1048576, "image_clamp": "on_load"}
     for row in read(path):
+        name = row["extra_info"]["id"]
+        entry = row["images"][0]
+        assert entry["bytes"] == (src / "i" / f"{name}.png").read_bytes()  # the source file, unchanged
+        assert (entry["min_pixels"], entry["max_pixels"]) == (262144, 1048576)
+        assert image_tokens(*sizes[name], 262144, 1048576) == tokens[name] + 2  # + vision start/end
+    assert _tokens_on_load(path, tmp_path) == {n: [t] for n, t in tokens.items()}
+    assert all(256 <= t <= 1024 for t in tokens.values())
+    # the warm start loads them the same way (sides: the token grid above, times 32)
+    from verl_ext.tiny_model import build_processor, row_images
+
+    processor = build_processor()
+    loaded = {r["extra_info"]["id"]: [im.size for im in row_images(r, processor)] for r in read(path)}
+    assert loaded == {"big": [(36 * 32, 27 * 32)], "small": [(19 * 32, 14 * 32)], "mid": [(640, 480)]}
+
+    build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "resized"), "--quiet",
+                      "--resize-images"]))
+    resized = tmp_path / "resized/train/train.parquet"
+    for row in read(resized):
         w, h = Image.open(io.BytesIO(row["images"][0]["bytes"])).size
-        assert 262144 <= w * h <= 1048576, (row["extra_info"]["id"], w, h)
-        assert 256 <= (w // 32) * (h // 32) <= 1024 and w % 32 == 0 and h % 32 == 0
-        ow, oh = sizes[row["extra_info"]["id"]]
-        assert abs(w / h - ow / oh) < 0.1
-    mid = read(path)[2]["images"][0]["bytes"]
-    assert Image.open(io.BytesIO(mid)).size == (640, 480)  # inside the range: kept as it is
+        assert 262144 <= w * h <= 1048576 and w % 32 == 0 and h % 32 == 0, (row["extra_info"]["id"], w, h)
+    assert Image.open(io.BytesIO(read(resized)[2]["images"][0]["bytes"])).size == (640, 480)  # kept as it is
+    assert _tokens_on_load(resized, tmp_path) == {n: [t] for n, t in tokens.items()}
+
     build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "raw"), "--quiet",
                       "--no-pixel-clamp"]))
     raw = read(tmp_path / "raw/train/train.parquet")
     assert [Image.open(io.BytesIO(r["images"][0]["bytes"])).size for r in raw] == list(sizes.values())
+    assert all((r["images"][0]["min_pixels"], r["images"][0]["max_pixels"]) == (None, None) for r in raw)
+    # --max-prompt-tokens counts the clamped image: same text, so the estimates differ by the image
+    # tokens alone (unclamped, by hand: big 56 x 75, small 3 x 4, mid 15 x 20)
+    from data_prep.common import PromptBudget
+
+    budget = PromptBudget(4096)
+    diff = {r["extra_info"]["id"]: budget.tokens(r) - budget.tokens(q) for r, q in zip(read(path), raw)}
+    assert diff == {"big": 27 * 36 - 56 * 75, "small": 14 * 19 - 3 * 4, "mid": 0}
 
 
 def test_row_count_mismatch_is_warned(tmp_path, capsys):
@@ -359,12 +422,21 @@ def test_row_count_mismatch_is_warned(tmp_path, capsys):
 
 
 def test_image_token_counts():
-    """Qwen3-VL: one token per 32x32 pixels after its own smart_resize, plus vision start/end; the
-    cheap bound used to skip exact counting is never below the exact count."""
-    from data_prep.common import image_tokens
+    """Qwen3-VL: one token per 32x32 pixels after qwen-vl-utils' resize, plus vision start/end;
+    without a clamp its defaults (4..16384 tokens) apply; an aspect ratio over 200 is refused."""
+    from data_prep.common import BadRow, image_tokens
 
     assert image_tokens(512, 512) == 16 * 16 + 2
     assert image_tokens(1024, 1024) == 32 * 32 + 2
     assert image_tokens(100, 60) == 3 * 2 + 2  # sides rounded to the nearest multiple of 32
-    for w, h in [(1, 1), (33, 33), (47, 3000), (2048, 1536), (4000, 3999), (100, 60)]:
-        assert image_tokens(w, h, exact=False) >= image_tokens(w, h), (w, h)
+    assert image_tokens(100, 60, 262144, 1048576) == 21 * 13 + 2  # beta = sqrt(262144 / 6000) = 6.61
+    assert image_tokens(20, 20) == 2 * 2 + 2  # raised to qwen-vl-utils' minimum of 4 tokens
+    with pytest.raises(BadRow, match="aspect ratio"):
+        image_tokens(201 * 5, 5)
+    # the cheap bound (no qwen-vl-utils import) used to skip exact counting is never below it
+    for clamp in [(None, None), (262144, 1048576), (4096, 16384), (1024, 1024 * 1024)]:
+        for w, h in [(1, 1), (15, 15), (33, 33), (47, 3000), (64, 64), (100, 60), (2048, 1536), (4000, 3999),
+                     (1023, 1025), (1010, 1030), (511, 513), (5000, 40), (120, 90), (6000, 100)]:
+            assert image_tokens(w, h, *clamp, exact=False) >= image_tokens(w, h, *clamp), (w, h, clamp)
+    assert image_tokens(4000, 3000, 262144, 1048576, exact=False) == 1024 + 2  # at most max_pixels
+    assert image_tokens(64, 64, exact=False) == image_tokens(64, 64) == 2 * 2 + 2

@@ -48,6 +48,10 @@ BAD_TRAIN = {
     "missing_file": ({"images": ["imgs/nope.png"]}, "images[0]", "cannot be read"),
     "null_image": ({"images": [None]}, "images[0]", "missing"),
     "corrupt_image": ("corrupt", "images[0]", "cannot be decoded"),
+    # header intact, data cut: the cheap check (PNG checksums, JPEG at 1/8 scale) still catches it
+    "truncated_png": ("truncated_png", "images[0]", "cannot be decoded"),
+    "truncated_jpeg": ("truncated_jpeg", "images[0]", "cannot be decoded"),
+    "elongated_image": ("elongated", "images[0]", "cannot be loaded by qwen-vl-utils"),  # aspect ratio 250
     "empty_answer": ({"answer": "  "}, "answer", "empty"),
     "null_answer": ({"answer": None}, "answer", "empty"),
     "too_few_images": ({"problem": "<image> and <image>"}, "images", "1 image(s) but 2"),
@@ -67,6 +71,17 @@ def make_bad(case, root):
     if change == "corrupt":
         (root / "imgs/bad.png").write_bytes(L.png(5)[:40])  # truncated PNG
         row["images"] = ["imgs/bad.png"]
+    elif change in ("truncated_png", "truncated_jpeg", "elongated"):
+        import io
+
+        from PIL import Image
+
+        img = Image.effect_noise((1000, 4) if change == "elongated" else (64, 48), 60).convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG" if change == "truncated_jpeg" else "PNG")
+        data = buf.getvalue()
+        (root / f"imgs/{change}").write_bytes(data if change == "elongated" else data[: len(data) * 3 // 4])
+        row["images"] = [f"imgs/{change}"]
     elif change == "no_answer_column":
         del row["answer"]
     else:
@@ -157,6 +172,46 @@ def test_same_arguments_give_identical_files(tmp_path):
     assert _digest(tmp_path / "c")["synthetic/train.parquet"] != a["synthetic/train.parquet"]
 
 
+def test_worker_processes_give_the_single_process_files(tmp_path, monkeypatch):
+    """--workers 2 (a real process pool over 32-row chunks) writes byte-identical parquet and rejects
+    files to --workers 1: same order, ids, indices, val slice, rejects and counts; without
+    --skip-bad it stops at the first bad row in source order."""
+    import data_prep.build_parquet as bp
+
+    pools = []
+
+    class CountingPool(bp.ProcessPoolExecutor):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            pools.append(self)
+
+    monkeypatch.setattr(bp, "ProcessPoolExecutor", CountingPool)
+    src = tmp_path / "src"
+    rows = [good_paper_row(i, src) for i in range(150)]
+    for k in (40, 41, 97):
+        rows[k]["answer"] = " "
+    rows[120]["images"] = ["imgs/nope.png"]
+    rows[60]["problem"] = "<image> " + "word " * 5000  # over the prompt budget
+    write_jsonl(src, rows)
+    common = ["train", "--source", str(src), "--skip-bad", "--val-size", "15", "--row-group-rows", "8"]
+    s1 = run(tmp_path / "w1", *common, "--workers", "1")
+    assert not pools
+    s2 = run(tmp_path / "w2", *common, "--workers", "2")
+    assert len(pools) == 1
+    assert _digest(tmp_path / "w1") == _digest(tmp_path / "w2")
+    strip = [{k: v for k, v in r.items() if k not in ("files", "rejects_file", "workers")} for r in s1]
+    assert strip == [{k: v for k, v in r.items() if k not in ("files", "rejects_file", "workers")} for r in s2]
+    assert [r["split"] for r in s1] == ["train", "val"]
+    assert (sum(r["written"] for r in s1), sum(r["rejected"] for r in s1)) == (145, 5)
+    assert sum(r["written"] + r["rejected"] for r in s1 if r["split"] == "val") == 15
+    kept = pq.read_table(tmp_path / "w2/train/train.parquet").to_pylist()
+    assert [r["extra_info"]["index"] for r in kept] == list(range(s1[0]["written"]))
+    with pytest.raises(BadRow, match=r"row 'r40', field 'answer'"):
+        run(tmp_path / "w3", "train", "--source", str(src), "--workers", "2")
+    assert len(pools) == 2
+    assert not list((tmp_path / "w3").rglob("*.parquet"))
+
+
 def test_error_mid_write_leaves_no_finished_file(tmp_path):
     """A bad row after several row groups were flushed: temporaries are removed, and an older
     finished file of the same split is left untouched (never half-replaced)."""
@@ -173,11 +228,23 @@ def test_error_mid_write_leaves_no_finished_file(tmp_path):
     assert (tmp_path / "out/train/train.parquet").read_bytes() == before
 
 
+def _processes_naming(path: Path) -> list[int]:
+    pids = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(path).encode() in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
 def test_killed_run_leaves_no_finished_file(tmp_path):
-    """SIGKILL mid-run: only a hidden temporary (not named *.parquet) can remain."""
+    """SIGKILL mid-run: only a hidden temporary (not named *.parquet) can remain, and no worker process."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(ROOT / "data_prep/build_parquet.py"), "synthetic", "--out-dir",
-                             str(out), "--synthetic-train-size", "100000", "--row-group-rows", "16", "--quiet"],
+                             str(out), "--synthetic-train-size", "100000", "--row-group-rows", "16", "--quiet",
+                             "--workers", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -192,6 +259,11 @@ def test_killed_run_leaves_no_finished_file(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    # its worker processes (forked, same command line) die with it
+    deadline = time.time() + 10
+    while time.time() < deadline and _processes_naming(out):
+        time.sleep(0.1)
+    assert not _processes_naming(out)
     names = [p.name for p in (out / "synthetic").iterdir()]
     assert not [n for n in names if n.endswith(".parquet")], names
     assert all(n.startswith(".") and ".tmp-" in n for n in names)

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from test_eval_command import row, write
-from verl_ext.eval.data import choose_splits, load_benchmark
+from verl_ext.eval.data import choose_splits, clamp_mismatch, load_benchmark
 
 
 def test_shards_are_read_in_order_and_zerobench_reads_both_variants(tmp_path):
@@ -61,3 +61,22 @@ def test_wemath_rows_need_group_and_key(tmp_path):
     p = write(tmp_path, "wemath", "testmini", [r])
     with pytest.raises(ValueError, match=f"{p} row 0: field 'extra_info.key' is missing"):
         load_benchmark(tmp_path, "wemath", ["testmini"])
+
+
+def test_image_clamp_from_conversion_is_read_and_a_different_protocol_clamp_warned(tmp_path):
+    """Rows written by build_parquet carry each image's clamp; the protocol's clamp is the one the
+    evaluation applies, so a different one written at conversion is warned about."""
+    from data_prep.build_parquet import build, parse_args
+    from fixtures import data_layouts as L
+
+    L.write_mmmu(tmp_path / "src")
+    build(parse_args(["mmmu", "--source", str(tmp_path / "src"), "--out-dir", str(tmp_path / "data"), "--quiet"]))
+    samples, _ = load_benchmark(tmp_path / "data", "mmmu", ["validation"])
+    assert samples and all(s.image_clamps == [(262144, 1048576)] * len(s.images) for s in samples)
+    assert clamp_mismatch("mmmu", samples, 262144, 1048576) is None  # the protocol's default
+    msg = clamp_mismatch("mmmu", samples, 1024, 4096)
+    assert msg.startswith("WARNING: mmmu:") and "262144..1048576" in msg and "1024..4096" in msg
+    build(parse_args(["mmmu", "--source", str(tmp_path / "src"), "--out-dir", str(tmp_path / "raw"), "--quiet",
+                      "--no-pixel-clamp"]))
+    raw, _ = load_benchmark(tmp_path / "raw", "mmmu", ["validation"])
+    assert clamp_mismatch("mmmu", raw, 1024, 4096) is None  # no clamp written: nothing to disagree with

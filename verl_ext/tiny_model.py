@@ -188,13 +188,26 @@ def _chat_text(tokenizer, content: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": items}], tokenize=False, add_generation_prompt=True)
 
 
-def encode_sft_rows(rows: list[dict], processor, trace_field: str | None = None) -> list[dict]:
-    """Tokenise verl parquet rows (one user message, ``images`` as PNG bytes) with their reference trace as the
-    assistant turn: ``input_ids`` (prompt then trace then ``<|im_end|>``), ``n_prompt``, vision tensors."""
+def row_images(row: dict, processor) -> list:
+    """A verl row's images as verl's loader hands them to the processor: each ``images`` entry
+    through qwen-vl-utils' ``fetch_image`` with the entry's own ``min_pixels``/``max_pixels`` (the
+    pixel clamp written at conversion; absent or null: qwen-vl-utils' defaults)."""
     import io
 
-    import torch
     from PIL import Image
+    from qwen_vl_utils import fetch_image
+
+    patch = int(getattr(processor.image_processor, "patch_size", PATCH_SIZE) or PATCH_SIZE)
+    return [fetch_image({"image": Image.open(io.BytesIO(im["bytes"])), "min_pixels": im.get("min_pixels"),
+                         "max_pixels": im.get("max_pixels")}, image_patch_size=patch)
+            for im in row.get("images") or []]
+
+
+def encode_sft_rows(rows: list[dict], processor, trace_field: str | None = None) -> list[dict]:
+    """Tokenise verl parquet rows (one user message, ``images`` as PNG bytes) with their reference trace as the
+    assistant turn: ``input_ids`` (prompt then trace then ``<|im_end|>``), ``n_prompt``, vision tensors; images as
+    verl loads them (``row_images``)."""
+    import torch
 
     from verl_ext.privileged.config import DEFAULT_REFERENCE_FIELD
 
@@ -205,7 +218,7 @@ def encode_sft_rows(rows: list[dict], processor, trace_field: str | None = None)
         trace = (row.get("extra_info") or {}).get(trace_field)
         if not trace:
             raise ValueError(f"row {i} ({(row.get('extra_info') or {}).get('id')}): no reference trace in extra_info.{trace_field}")
-        images = [Image.open(io.BytesIO(im["bytes"])).convert("RGB") for im in row.get("images") or []]
+        images = row_images(row, processor)
         enc = processor(text=[_chat_text(tok, row["prompt"][0]["content"])], images=images or None, return_tensors="pt")
         target = tok(trace + tok.eos_token, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         prompt = enc["input_ids"][0]

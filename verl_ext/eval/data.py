@@ -27,6 +27,8 @@ class Sample:
     ground_truth: str
     extra_info: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # "file:row", for error messages
+    # per image, the (min_pixels, max_pixels) clamp written at conversion for the training loader
+    image_clamps: list[tuple[int | None, int | None]] = field(default_factory=list)
 
     def scorer_keys(self) -> dict[str, Any]:
         """The per-row fields the aggregate metrics need (kept in the per-sample JSONL)."""
@@ -84,11 +86,12 @@ def _row_sample(benchmark: str, split: str, row: dict, where: str) -> Sample:
     text = users[0]["content"]
     images = row.get("images") or []
     need(isinstance(images, list), "images", "must be a list of {'bytes': ...}")
-    img_bytes = []
+    img_bytes, clamps = [], []
     for i, im in enumerate(images):
         b = im.get("bytes") if isinstance(im, dict) else None
         need(isinstance(b, (bytes, bytearray)) and len(b) > 0, f"images[{i}].bytes", "is missing or empty")
         img_bytes.append(bytes(b))
+        clamps.append((im.get("min_pixels"), im.get("max_pixels")))
     n_ph = text.count(IMAGE_PLACEHOLDER)
     need(n_ph == len(img_bytes), "prompt", f"has {n_ph} {IMAGE_PLACEHOLDER} placeholders but the row has {len(img_bytes)} images")
     rm = row.get("reward_model") or {}
@@ -111,7 +114,20 @@ def _row_sample(benchmark: str, split: str, row: dict, where: str) -> Sample:
         ground_truth=str(gt),
         extra_info=dict(extra),
         source=where,
+        image_clamps=clamps,
     )
+
+
+def clamp_mismatch(benchmark: str, samples: list[Sample], min_pixels: int, max_pixels: int) -> str | None:
+    """A warning when images carry a pixel clamp (written at conversion for the training loader)
+    other than the protocol's, which is the one the evaluation applies; None when they agree."""
+    other = sorted({c for s in samples for c in s.image_clamps if c != (None, None) and c != (min_pixels, max_pixels)},
+                   key=str)
+    if not other:
+        return None
+    shown = ", ".join(f"{lo}..{hi}" for lo, hi in other[:3])
+    return (f"WARNING: {benchmark}: images carry the pixel clamp {shown} from conversion; the evaluation resizes "
+            f"them into the protocol's {min_pixels}..{max_pixels} (--set min_pixels=... max_pixels=... to match)")
 
 
 def load_benchmark(data_dir: str | Path, benchmark: str, preferred_splits: list[str]) -> tuple[list[Sample], dict[str, list[str]]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from verl_ext.eval.backends import Backend
-from verl_ext.eval.data import Sample, load_benchmark
+from verl_ext.eval.data import Sample, clamp_mismatch, load_benchmark
 from verl_ext.eval.protocol import Protocol
 from verl_ext.eval.scorers import BENCHMARKS, EXTRA_BENCHMARKS, SCORER_VERSION, aggregate, score
 from verl_ext.eval.table import average, markdown_table
@@ -143,6 +144,9 @@ def run(
     for b in benchmarks:
         samples, splits = load_benchmark(data_dir, b, protocol.splits.get(b, []))
         loaded[b] = (samples[:limit] if limit else samples, splits, len(samples))
+        warning = clamp_mismatch(b, samples, protocol.min_pixels, protocol.max_pixels)
+        if warning:
+            print(warning, file=sys.stderr)
     check_run_meta(out, meta)  # only once the data loaded: a failed start must not lock the out-dir
 
     backend: Backend | None = None

@@ -152,7 +152,7 @@ class RowWork:
                  max_prompt_tokens: int, skip_bad: bool):
         self.name, self.job, self.skip_bad = name, job, skip_bad
         self.conv = DATASETS[name]
-        self.renderer = PromptRenderer(template)
+        self.renderer = PromptRenderer(template or self.conv.prompt_template)
         self.clamp = (min_px, max_px, resize)
         self.budget = PromptBudget(max_prompt_tokens)
 

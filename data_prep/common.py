@@ -44,7 +44,8 @@ def normalize_problem_type(value) -> str:
 
 IMAGE_TOKEN = "<image>"
 LETTERS = string.ascii_uppercase
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent / "templates" / "student_prompt.jinja"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+DEFAULT_TEMPLATE = TEMPLATES_DIR / "student_prompt.jinja"
 TRACE_FIELD = "qwen3vl_235b_thinking_response"
 # Qwen3-VL: patch 16 x spatial merge 2; resized sides are multiples of this.
 IMAGE_FACTOR = 32

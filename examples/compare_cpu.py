@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from verl_ext.cpu.launch import METHODS, read_metrics, start_end
+from verl_ext.cpu.launch import METHODS, VAL_KEY, read_metrics, start_end
 
-VAL_KEY = "val-core/synthetic/acc/mean@1"
 PANELS = (
     ("validation accuracy (test split)", VAL_KEY),
     ("mean reward (training samples)", "critic/score/mean"),

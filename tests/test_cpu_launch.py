@@ -99,3 +99,18 @@ def test_compare_script_table_and_plot(tmp_path):
     assert lines[2] == "| grpo | 0.250 | 0.400 | +15.0 pts | 0.300 | 0.500 | 301 |"
     assert lines[3] == "| rlsd | 0.250 | - | - | 0.200 | 0.200 | - |"  # no validation after training
     assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_val_key_matches_the_cpu_config():
+    """The launcher's validation column is verl's key for the config's val_kwargs.n (mean@n)."""
+    from omegaconf import OmegaConf
+
+    from verl_ext.cpu.launch import CONFIG_DIR, VAL_KEY
+
+    cfg = OmegaConf.load(CONFIG_DIR / "cpu_tiny.yaml")
+    val = cfg.actor_rollout_ref.rollout.val_kwargs
+    assert VAL_KEY == f"val-core/synthetic/acc/mean@{val.n}"
+    # the released code's validation sampling, as the 8B recipe has it
+    released = OmegaConf.load(CONFIG_DIR / "qwen3vl8b.yaml").actor_rollout_ref.rollout.val_kwargs
+    assert (val.temperature, val.top_p, val.top_k, val.do_sample) == (
+        released.temperature, released.top_p, released.top_k, released.do_sample)

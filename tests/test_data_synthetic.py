@@ -59,25 +59,27 @@ def rows(tmp_path_factory):
 
 
 def test_answers_follow_from_the_pixels(rows):
-    checked = {"colour": 0, "shape": 0, "more": 0}
+    checked = {"colour": 0, "more": 0}
     for row in rows["train"] + rows["test"]:
         info = row["extra_info"]
         q, gt = info["question"], row["reward_model"]["ground_truth"]
         for im in row["images"]:
             assert Image.open(io.BytesIO(im["bytes"])).size == (64, 64)
-        if q.endswith("What colour is the shape?") or q.endswith("What shape is in the image?"):
+        if q.endswith("What colour is the shape?"):
             arr = pixels(row["images"][0])
             found = [(name, comps) for name, rgb in COLOURS.items() if (comps := components(np.all(arr == rgb, axis=-1)))]
             assert len(found) == 1 and len(found[0][1]) == 1, info["id"]  # one shape of one colour
             colour, (comp,) = found[0]
-            assert gt == (colour if "colour" in q else shape_of(comp)), (info["id"], gt)
+            assert gt == colour, (info["id"], gt)
+            # the reference trace names what is drawn
+            assert info["qwen3vl_235b_thinking_response"].startswith(f"<thought>a {colour} {shape_of(comp)}</thought>"), info["id"]
             checked[info["task"]] += 1
         else:
             assert q.endswith("Which image has more dots?")
             counts = [len(components(np.all(pixels(im) == 0, axis=-1))) for im in row["images"]]
             assert gt == ("A" if counts[0] > counts[1] else "B") and abs(counts[0] - counts[1]) >= 3, (info["id"], counts)
             checked[info["task"]] += 1
-    assert checked == {"colour": 230, "shape": 230, "more": 230}, checked
+    assert checked == {"colour": 345, "more": 345}, checked
 
 
 def test_task_mix_and_reference_traces(rows):
@@ -86,8 +88,8 @@ def test_task_mix_and_reference_traces(rows):
     assert all(len(r["images"]) == (2 if r["extra_info"]["task"] == "more" else 1) for r in train)
     ids = [r["extra_info"]["id"] for r in train + rows["test"]]
     assert len(set(ids)) == len(ids)
-    answers = {t: {r["reward_model"]["ground_truth"] for r in train if r["extra_info"]["task"] == t} for t in ("colour", "shape", "more")}
-    assert answers == {"colour": set(COLOURS), "shape": {"circle", "square", "triangle"}, "more": {"A", "B"}}
+    answers = {t: {r["reward_model"]["ground_truth"] for r in train if r["extra_info"]["task"] == t} for t in ("colour", "more")}
+    assert answers == {"colour": set(COLOURS), "more": {"A", "B"}}
     for r in train:
         trace = r["extra_info"]["qwen3vl_235b_thinking_response"]
         # the reference trace is a full-marks response under the reward function, and short

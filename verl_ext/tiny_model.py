@@ -176,7 +176,7 @@ if __name__ == "__main__":
 # never answers, every GRPO group then has zero advantage and RL has nothing to learn from).
 # ---------------------------------------------------------------------------------------------
 
-WARM_DEFAULTS = {"steps": 60, "batch_size": 8, "lr": 1e-2, "seed": 0}
+WARM_DEFAULTS = {"steps": 220, "batch_size": 16, "lr": 3e-3, "seed": 0}
 
 
 def _chat_text(tokenizer, content: str) -> str:

@@ -37,6 +37,7 @@ class Converter:
     extra_fields: dict[str, pa.DataType] = {}
     with_trace: bool = False     # rows carry the reference trace field
     id_columns: tuple[str, ...] = ("id",)
+    prompt_template: str | None = None  # the student prompt when --prompt-template is not given (None: the default)
 
     def jobs(self, args) -> list[Job]:
         raise NotImplementedError

@@ -4,9 +4,12 @@ The task mix (the one place it is defined: ``TASKS``), each answer visible in 64
 tokens each with the tiny Qwen3-VL's 16-px patches merged 2x2):
 
 - ``colour``: one shape; "What colour is the shape?" -> red | blue | green | yellow (open answer).
-- ``shape``: one shape; "What shape is in the image?" -> circle | square | triangle (open answer).
 - ``more``: two images of black dots (counts 1-8, at least 3 apart); "Which image has more dots?"
   -> A (Image 1) | B (Image 2) (multiple choice).
+
+"What shape is in the image?" (circle | square | triangle) is not in the mix: at 4 tokens per image the
+tiny vision tower never told the shapes apart (chance accuracy after 360 warm-start steps), so it only
+diluted the signal of the two learnable tasks.
 
 Every row carries a short correct reference trace, ``<thought>a red circle</thought><answer>red</answer>``
 (about 15 tokens), used by the warm start and by OPSD's teacher. Deterministic in ``--seed``.
@@ -20,7 +23,7 @@ import random
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from data_prep.common import TRACE_FIELD, Sample
+from data_prep.common import TEMPLATES_DIR, TRACE_FIELD, Sample
 from data_prep.converters.base import Converter, Job, register
 from data_prep.sources import RowStream
 
@@ -74,11 +77,6 @@ def _colour(rng):
     return "<image>\nWhat colour is the shape?", colour, "open", [], [img], f"a {colour} {shape}"
 
 
-def _shape(rng):
-    img, colour, shape = _one_shape(rng)
-    return "<image>\nWhat shape is in the image?", shape, "open", [], [img], f"a {colour} {shape}"
-
-
 def _more(rng):
     while True:
         a, b = rng.randint(1, 8), rng.randint(1, 8)
@@ -90,7 +88,7 @@ def _more(rng):
     return q, answer, "multiple choice", ["Image 1", "Image 2"], [_dots(rng, a), _dots(rng, b)], why
 
 
-TASKS = {"colour": _colour, "shape": _shape, "more": _more}
+TASKS = {"colour": _colour, "more": _more}
 
 
 def generate(split: str, n: int, seed: int):
@@ -114,7 +112,9 @@ class SyntheticConverter(Converter):
     hub_id = ""
     ability = "visual_reasoning"
     with_trace = True
-    extra_fields = {"task": pa.string()}  # colour | shape | more: per-task accuracy
+    extra_fields = {"task": pa.string()}  # colour | more: per-task accuracy
+    # a one-line instruction: ~30 prompt tokens instead of ~90, and the tiny model learns the format in its warm start
+    prompt_template = str(TEMPLATES_DIR / "compact_prompt.jinja")
 
     def jobs(self, args):
         return [Job("train", "train"), Job("test", "test")]

@@ -40,6 +40,7 @@ def test_verl_validation_reports_per_benchmark_accuracy(tmp_path):
         f"trainer.validation_data_dir={dump}", f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics_file}",
         "actor_rollout_ref.rollout.val_kwargs.do_sample=True", "actor_rollout_ref.rollout.val_kwargs.temperature=0.7",
         "actor_rollout_ref.rollout.val_kwargs.top_p=0.8", "actor_rollout_ref.rollout.val_kwargs.top_k=20",
+        "actor_rollout_ref.rollout.val_kwargs.n=1",  # one response per row, as the evaluation protocol
         "data.max_response_length=8",
         "data.val_max_samples=-1",  # every fixture row
         "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",  # a few fixture rows for training

@@ -59,7 +59,7 @@ def setup(tmp_path_factory):
     model = build_tiny_qwen3vl(tmp_path_factory.getbasetemp() / "tiny_qwen3vl")
     _write_rows(base)
     (base / "plain.jinja").write_text("{{ prompt }}")
-    # image questions get 6000 filler tokens: past max_length (256 + 4096 + 512 + 32), even with no hint
+    # image questions get 6000 filler tokens: past max_length (128 + 4096 + 512 + 32), even with no hint
     (base / "over_budget.jinja").write_text("{{ prompt }}{% if 'colour' in prompt %}{{ ' pad' * 6000 }}{% endif %}")
     return base, model
 
@@ -72,6 +72,7 @@ def _run(base: Path, model: Path, name: str, *overrides: str, template: str = "p
         f"algorithm.teacher.template={base / template}", "algorithm.teacher.context=student_prompt",
         # the 4 fixture rows at 2 prompts x 4 responses per step, no validation (the CPU default's scale is larger)
         "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.rollout.n=4",
+        *[f"actor_rollout_ref.{k}_micro_batch_size_per_gpu=4" for k in ("actor.ppo", "rollout.log_prob", "ref.log_prob")],
         "trainer.val_before_train=false", "trainer.test_freq=-1", *overrides,
     ])
     env = dict(os.environ, VERL_PLATFORM="cpu")

@@ -30,6 +30,13 @@ def check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor | None = No
         raise ValueError(f"{name} contains NaN or inf at row index(es) {shown} ({len(rows)} row(s) in all)")
 
 
+def check_choice(key: str, value: Any, choices: Iterable[str]) -> None:
+    """Raise naming the config ``key`` when ``value`` is not one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+
+
 def options(raw: Any, name: str, valid: Iterable[str]) -> dict[str, Any]:
     """``algorithm.<name>`` (None, a dict or a DictConfig) as a plain dict.
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from verl_ext.algorithms.checks import options
+from verl_ext.algorithms.checks import check_choice, options
 
 LOSSES = ("sampled", "jsd_topk", "forward_kl_topk")
 SUPPORTS = ("student", "teacher")
@@ -49,10 +49,8 @@ class DistillOptions:
     chunk_rows: int = 1024
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"algorithm.distill.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.support not in SUPPORTS:
-            raise ValueError(f"algorithm.distill.support must be one of {SUPPORTS}, got {self.support!r}")
+        check_choice("algorithm.distill.loss", self.loss, LOSSES)
+        check_choice("algorithm.distill.support", self.support, SUPPORTS)
         if int(self.topk) < 1:
             raise ValueError(f"algorithm.distill.topk must be >= 1, got {self.topk}")
         if not 0.0 <= float(self.alpha) <= 1.0:

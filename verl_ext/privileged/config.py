@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from verl_ext.algorithms.checks import options
+from verl_ext.algorithms.checks import check_choice, options
 
 HINT_SOURCES = ("answer", "reference", "sibling")
 TEACHER_MODES = ("frozen", "live", "ema")
@@ -92,14 +92,10 @@ class TeacherConfig:
     allow_multiple_updates: bool = False
 
     def __post_init__(self) -> None:
-        if self.hint not in HINT_SOURCES:
-            raise ValueError(f"algorithm.teacher.hint must be one of {HINT_SOURCES}, got {self.hint!r}")
-        if self.mode not in TEACHER_MODES:
-            raise ValueError(f"algorithm.teacher.mode must be one of {TEACHER_MODES}, got {self.mode!r}")
-        if self.context not in CONTEXTS:
-            raise ValueError(f"algorithm.teacher.context must be one of {CONTEXTS}, got {self.context!r}")
-        if self.sibling_pick not in SIBLING_PICKS:
-            raise ValueError(f"algorithm.teacher.sibling_pick must be one of {SIBLING_PICKS}, got {self.sibling_pick!r}")
+        check_choice("algorithm.teacher.hint", self.hint, HINT_SOURCES)
+        check_choice("algorithm.teacher.mode", self.mode, TEACHER_MODES)
+        check_choice("algorithm.teacher.context", self.context, CONTEXTS)
+        check_choice("algorithm.teacher.sibling_pick", self.sibling_pick, SIBLING_PICKS)
         if int(self.sync_every) < 1:
             raise ValueError(f"algorithm.teacher.sync_every must be >= 1, got {self.sync_every}")
         if not 0.0 < float(self.ema_rate) <= 1.0:

@@ -98,21 +98,22 @@ class HFRolloutServer:
         self.max_batch = int(os.environ.get("VERL_EXT_ROLLOUT_MAX_BATCH", "64"))
         self.batch_wait_s = 0.05
 
-    def _eos_ids(self, hf_config) -> set[int]:
-        ids = set()
+    def _token_ids(self, hf_config, attr: str) -> list[int]:
+        """Every ``attr`` (``eos_token_id``, ``pad_token_id``) set in the generation config, the model config
+        and its text config, in that order (an entry may be a list)."""
+        ids = []
         for source in (getattr(self.model, "generation_config", None), hf_config, getattr(hf_config, "text_config", None)):
-            eos = getattr(source, "eos_token_id", None) if source is not None else None
-            if eos is None:
-                continue
-            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+            value = getattr(source, attr, None) if source is not None else None
+            if value is not None:
+                ids.extend(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
         return ids
 
+    def _eos_ids(self, hf_config) -> set[int]:
+        return set(self._token_ids(hf_config, "eos_token_id"))
+
     def _pad_id(self, hf_config) -> int:
-        for source in (getattr(self.model, "generation_config", None), hf_config, getattr(hf_config, "text_config", None)):
-            pad = getattr(source, "pad_token_id", None) if source is not None else None
-            if pad is not None:
-                return int(pad)
-        return min(self._eos_ids(hf_config))  # left padding is masked out: any id does
+        pad = self._token_ids(hf_config, "pad_token_id")
+        return pad[0] if pad else min(self.eos_ids)  # left padding is masked out: any id does
 
     def _vision_inputs(self, prompt_ids: torch.Tensor, image_data) -> dict[str, torch.Tensor]:
         if not image_data:
@@ -123,11 +124,8 @@ class HFRolloutServer:
         expected = int(image_inputs["image_grid_thw"].prod(-1).sum()) // merge
         if n_pad != expected:
             raise ValueError(f"prompt has {n_pad} image tokens but its {len(image_data)} images need {expected}")
-        return {
-            "pixel_values": image_inputs["pixel_values"],
-            "image_grid_thw": image_inputs["image_grid_thw"],
-            "mm_token_type_ids": (prompt_ids == self.image_token_id).long(),
-        }
+        # mm_token_type_ids are built for the whole padded batch in _generate_batch
+        return {"pixel_values": image_inputs["pixel_values"], "image_grid_thw": image_inputs["image_grid_thw"]}
 
     def _request_inputs(self, prompt_ids: list[int], sampling_params: dict[str, Any], image_data) -> dict[str, Any]:
         """Check one request and prepare its tensors; errors here fail only this request."""

@@ -14,6 +14,7 @@ dataset, row and field, or with ``--skip-bad`` go to ``<split>.rejects.jsonl``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -202,19 +203,13 @@ def _ordered_map(spec: tuple, chunks, workers: int):
     it = iter(chunks)
     head = [c for c in (next(it, None), next(it, None)) if c is not None]
     if workers <= 1 or len(head) < 2:
-        work = RowWork(*spec)
-        for c in head:
-            yield work(c)
-        for c in it:
-            yield work(c)
+        yield from map(RowWork(*spec), itertools.chain(head, it))
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_worker,
                                initargs=(spec, os.getpid()))
     try:
         pending: deque = deque()
-        for chunk in head:
-            pending.append(pool.submit(_run_chunk, chunk))
-        for chunk in it:
+        for chunk in itertools.chain(head, it):
             pending.append(pool.submit(_run_chunk, chunk))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()

@@ -222,24 +222,16 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
         raise BadRow("", f"image has no pixels ({w}x{h})")
     if max(w, h) > 100 * min(w, h):  # near qwen-vl-utils' aspect limit (200): fail here, not in training
         loaded_size(w, h)
-    if not opts.resize:
-        if data is not None:
-            return data
-    else:
-        too_small = opts.min_pixels is not None and w * h < opts.min_pixels
-        too_big = opts.max_pixels is not None and w * h > opts.max_pixels
-        if data is not None and not (too_small or too_big):
-            return data
-        if too_small or too_big:
-            from qwen_vl_utils.vision_process import smart_resize
-
-            nh, nw = smart_resize(h, w, factor=IMAGE_FACTOR,
-                                  min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
-                                  max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0,
-                                                                    IMAGE_FACTOR * IMAGE_FACTOR))
-            if img.mode not in ("RGB", "RGBA", "L"):
-                img = img.convert("RGB")
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    resize = opts.resize and ((opts.min_pixels is not None and w * h < opts.min_pixels)
+                              or (opts.max_pixels is not None and w * h > opts.max_pixels))
+    if data is not None and not resize:
+        return data
+    if resize:
+        nw, nh = loaded_size(w, h, min_pixels=opts.min_pixels or IMAGE_FACTOR * IMAGE_FACTOR,
+                             max_pixels=opts.max_pixels or max(w * h, opts.min_pixels or 0, IMAGE_FACTOR * IMAGE_FACTOR))
+        if img.mode not in ("RGB", "RGBA", "L"):
+            img = img.convert("RGB")
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from verl_ext.cpu.hf_rollout import HFRolloutServer, sample_next_token
+from verl_ext.cpu.hf_rollout import HFRolloutServer, request_seed, sample_next_token
 
 
 def test_sample_next_token_rules():
@@ -34,6 +34,26 @@ def test_sampling_follows_the_softmax():
     p = torch.exp(z.double() / 2) / torch.exp(z.double() / 2).sum()
     se = torch.sqrt(p * (1 - p) / 40_000)
     assert torch.all((freq - p).abs() < 5 * se), (freq, p)
+
+
+def test_top_k_then_top_p_follows_the_renormalised_softmax():
+    """top-k 3 of z = [0, 3, 1, 2, -1] keeps ids {1, 3, 2} with softmax([3, 2, 1]) = [.665, .245, .090]; top-p .8 then
+    keeps {1, 3} (.665 < .8, .910 > .8), drawn as [.731, .269]; nothing else ever appears in 40,000 draws."""
+    z = torch.tensor([0.0, 3.0, 1.0, 2.0, -1.0])
+    draws = sample_next_token(z.repeat(40_000, 1), 1.0, 0.8, 3, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(draws, minlength=5).double() / 40_000
+    p1 = math.exp(3) / (math.exp(3) + math.exp(2))
+    expected = torch.tensor([0.0, p1, 0.0, 1 - p1, 0.0], dtype=torch.double)
+    se = math.sqrt(p1 * (1 - p1) / 40_000)
+    assert torch.all((freq - expected).abs() < 5 * se), (freq, expected)
+
+
+def test_per_row_generators_draw_as_they_would_alone():
+    """Row r of a batch with one generator per row gets the token a batch of one with the same seed gets."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(3))
+    batched = sample_next_token(logits, 0.9, 0.95, 10, generator=[torch.Generator().manual_seed(s) for s in range(6)])
+    alone = [int(sample_next_token(logits[r : r + 1], 0.9, 0.95, 10, generator=torch.Generator().manual_seed(r))) for r in range(6)]
+    assert batched.tolist() == alone
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +162,28 @@ def test_update_weights_rejects_unknown_names(server):
 
     with pytest.raises(KeyError, match="does not have"):
         asyncio.run(server.update_weights({"no.such.weight": torch.zeros(1)}))
+
+
+def test_sampled_requests_are_reproducible_whatever_the_batch(server):
+    """Per-request seeds: the same prompt sampled alone or inside a batch gives the same tokens; its second
+    occurrence (the n samples of one prompt) gets other draws; new weights start the occurrences over."""
+    import asyncio
+
+    p, im, _ = _prompt(server.processor, 1, "What colour?")
+    other, other_im, _ = _prompt(server.processor, 2, "Which image has more dots?")
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+    server._seen.clear()
+    alone = server._generate(p, params, im).token_ids
+    again = server._generate(p, params, im).token_ids  # second occurrence: other seed
+    assert request_seed(0, (1.0,), p, im, 0) != request_seed(0, (1.0,), p, im, 1)
+    server._seen.clear()
+
+    async def batch():
+        return await asyncio.gather(server.generate(other, params, "a", image_data=other_im),
+                                    server.generate(p, params, "b", image_data=im),
+                                    server.generate(p, params, "c", image_data=im))
+
+    outs = asyncio.run(batch())
+    assert outs[1].token_ids == alone and outs[2].token_ids == again
+    asyncio.run(server.update_weights({}))
+    assert server._generate(p, params, im).token_ids == alone

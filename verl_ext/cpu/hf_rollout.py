@@ -18,6 +18,8 @@ time (the server is a second model copy on the same cores).
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import logging
 import os
 from typing import Any, Generator, Optional
@@ -39,25 +41,44 @@ def server_actor_name(replica_rank: int, node_rank: int = 0, suffix: str = "") -
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator=None) -> torch.Tensor:
-    """Sample one token per row from ``logits`` (B, V): greedy at temperature 0, else top-k/top-p sampling."""
+    """Sample one token per row from ``logits`` (B, V): greedy at temperature 0, else top-k/top-p sampling.
+
+    ``generator``: one ``torch.Generator`` for the batch, or a list with one per row (reproducible draws
+    per request whatever the batch it lands in).
+    """
     if temperature is None or temperature <= 0:
         return logits.argmax(dim=-1)
-    scores = logits / temperature
+    scores, ids = logits / temperature, None
+    # top-k first: sorting the whole 150K vocabulary per step costs 0.6 s for 64 rows on 2 cores
     if top_k is not None and 0 < top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+        scores, ids = torch.topk(scores, top_k, dim=-1)
     if top_p is not None and 0 < top_p < 1:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cum = sorted_scores.softmax(-1).cumsum(-1)
-        drop = cum - sorted_scores.softmax(-1) > top_p  # keep the smallest prefix with mass >= top_p
-        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
+        if ids is None:
+            scores, ids = torch.sort(scores, descending=True, dim=-1)
+        probs = scores.softmax(-1)
+        # keep the smallest prefix with mass >= top_p
+        scores = scores.masked_fill(probs.cumsum(-1) - probs > top_p, float("-inf"))
     probs = scores.softmax(-1)
     # inverse-CDF draw: one uniform per row (torch.multinomial and per-token noise cost ~0.25 s per step
     # over a 150K-token vocabulary on a CPU); u in (0, 1] never selects a zero-probability token
     cdf = probs.cumsum(-1)
-    u = (1.0 - torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype)) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    if isinstance(generator, (list, tuple)):
+        u = torch.cat([torch.rand(1, generator=g, dtype=cdf.dtype) for g in generator])[:, None]
+    else:
+        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype)
+    choice = torch.searchsorted(cdf, (1.0 - u) * cdf[:, -1:]).clamp(max=probs.shape[-1] - 1)
+    return (choice if ids is None else ids.gather(-1, choice)).squeeze(-1)
+
+
+def request_seed(base: int, key: tuple, prompt_ids, images, occurrence: int) -> int:
+    """A 63-bit seed from the request's content: its sampling settings, prompt ids, image pixels and how many
+    times the same request was seen since the last weight update (the n samples of one prompt differ)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((base, key, occurrence)).encode())
+    h.update(torch.as_tensor(list(prompt_ids), dtype=torch.int64).numpy().tobytes())
+    for image in images or ():
+        h.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+    return int.from_bytes(h.digest(), "little") >> 1
 
 
 class HFRolloutServer:
@@ -97,6 +118,10 @@ class HFRolloutServer:
         self._server_task: Optional[asyncio.Task] = None
         self.max_batch = int(os.environ.get("VERL_EXT_ROLLOUT_MAX_BATCH", "64"))
         self.batch_wait_s = 0.05
+        # per-request seeds: the same weights, prompt and settings give the same draws in any batch, so two
+        # runs from one checkpoint validate alike and validation before and after training shares its noise
+        self.seed = int(getattr(config, "seed", 0) or 0)
+        self._seen: collections.Counter = collections.Counter()
 
     def _token_ids(self, hf_config, attr: str) -> list[int]:
         """Every ``attr`` (``eos_token_id``, ``pad_token_id``) set in the generation config, the model config
@@ -137,17 +162,21 @@ class HFRolloutServer:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room within max_model_len={self.max_model_len}")
         vision = self._vision_inputs(ids[None], image_data) if self.is_vl else {}
         want_lp = sampling_params.get("logprobs")
+        # requests with equal keys share one batched ``generate`` call
+        key = (
+            float(sampling_params.get("temperature", 1.0) or 0.0),
+            float(sampling_params.get("top_p", 1.0) if sampling_params.get("top_p") is not None else 1.0),
+            int(sampling_params.get("top_k", -1) if sampling_params.get("top_k") is not None else -1),
+            max_new,
+        )
+        seed = request_seed(self.seed, key, prompt_ids, image_data, 0)
+        occurrence, self._seen[seed] = self._seen[seed], self._seen[seed] + 1
         return {
             "ids": ids,
             "vision": vision,
             "want_log_probs": want_lp is not None and want_lp is not False,
-            # requests with equal keys share one batched ``generate`` call
-            "key": (
-                float(sampling_params.get("temperature", 1.0) or 0.0),
-                float(sampling_params.get("top_p", 1.0) if sampling_params.get("top_p") is not None else 1.0),
-                int(sampling_params.get("top_k", -1) if sampling_params.get("top_k") is not None else -1),
-                max_new,
-            ),
+            "key": key,
+            "seed": request_seed(self.seed, key, prompt_ids, image_data, occurrence),
         }
 
     @torch.no_grad()
@@ -181,11 +210,14 @@ class HFRolloutServer:
         eos = torch.tensor(sorted(self.eos_ids))
         done = torch.zeros(B, dtype=torch.bool)
         tokens, log_probs = [], []
+        generators = [torch.Generator().manual_seed(r["seed"]) for r in requests]
+        want_log_probs = any(r["want_log_probs"] for r in requests)
         for step in range(max_new):
-            token = sample_next_token(logits, temperature, top_p, top_k)
+            token = sample_next_token(logits, temperature, top_p, top_k, generator=generators)
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             tokens.append(token)
-            log_probs.append(torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0])
+            if want_log_probs:
+                log_probs.append(torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0])
             done |= torch.isin(token, eos)
             if bool(done.all()) or step == max_new - 1:
                 break
@@ -198,7 +230,8 @@ class HFRolloutServer:
             )  # fmt: skip
             past, logits = out.past_key_values, out.logits[:, -1, :].float()
             seen = seen + 1
-        tokens_t, log_probs_t = torch.stack(tokens, 1), torch.stack(log_probs, 1)
+        tokens_t = torch.stack(tokens, 1)
+        log_probs_t = torch.stack(log_probs, 1) if want_log_probs else None
         results = []
         for row, r in enumerate(requests):
             row_tokens = tokens_t[row].tolist()
@@ -270,6 +303,7 @@ class HFRolloutServer:
             with torch.no_grad():
                 for name, tensor in state_dict.items():
                     own[name].copy_(tensor.to(own[name].dtype))
+            self._seen.clear()  # new weights: request seeds start over
             if global_steps is not None:
                 self.global_steps = global_steps
         return len(state_dict)

@@ -1,0 +1,111 @@
+"""The CPU engine's response-only logits against verl's own full-logits forward on the same micro-batch.
+
+Both run verl's ``FSDPEngineWithLMHead.forward_step`` code on the real tiny Qwen3-VL (a plain module here: one
+process, no FSDP wrapping, which the shortcut does not depend on); the reference is verl's class, the
+candidate our CPU subclass. Log-probs and entropy at the response positions and the gradients of a
+response loss must agree; prompt positions are zero in ours (nothing reads them).
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+from verl_ext.cpu.engine import CPUFSDPEngineWithLMHead, response_positions
+
+PROMPTS = [[11, 12, 13, 14, 15], [21, 22], [31, 32, 33, 34]]
+RESPONSES = [[41, 42, 43], [51, 52, 53, 54, 55], [61]]
+P, R = max(map(len, PROMPTS)), max(map(len, RESPONSES))
+
+
+def micro_batch(temperature: float = 1.0, use_remove_padding: bool = False) -> TensorDict:
+    """A left-padded prompt / right-padded response batch as verl's trainer builds it, converted by verl's own
+    ``left_right_2_no_padding`` to the engine's nested layout."""
+    B = len(PROMPTS)
+    prompts, responses = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, R, dtype=torch.long)
+    mask = torch.zeros(B, P + R, dtype=torch.long)
+    for b, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        prompts[b, P - len(p):], responses[b, : len(r)] = torch.tensor(p), torch.tensor(r)
+        mask[b, P - len(p): P + len(r)] = 1
+    data = TensorDict(
+        {"input_ids": torch.cat([prompts, responses], 1), "attention_mask": mask, "response_mask": mask[:, P:],
+         "position_ids": (mask.cumsum(1) - 1).clamp(min=0), "prompts": prompts, "responses": responses},
+        batch_size=[B],
+    )  # fmt: skip
+    data = left_right_2_no_padding(data)
+    data["temperature"] = torch.full((B,), temperature)
+    tu.assign_non_tensor(data, use_remove_padding=use_remove_padding, calculate_entropy=True, pad_token_id=0)
+    return data
+
+
+def engine(cls, model) -> FSDPEngineWithLMHead:
+    """An engine object holding only what ``forward_step`` reads on one process."""
+    eng = object.__new__(cls)
+    eng.module, eng.pad_to_length, eng._autocast_dtype = model, None, torch.float32
+    eng.engine_config = SimpleNamespace(entropy_checkpointing=False, entropy_from_logits_with_chunking=False)
+    eng.get_data_parallel_group = lambda: None
+    return eng
+
+
+@pytest.fixture(autouse=True)
+def cpu_device(monkeypatch):
+    """verl resolves the device from its platform, which these in-process tests do not switch to ``cpu``."""
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    monkeypatch.setattr(impl, "get_device_id", lambda: "cpu")
+    monkeypatch.setattr(impl, "get_device_name", lambda: "cpu")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    return Qwen3VLForConditionalGeneration.from_pretrained(str(tiny_model_dir), dtype=torch.float32, attn_implementation="eager")
+
+
+def response_loss(model_output, data, dp_group=None):
+    """A loss reading what verl's losses read: response log-probs and entropy through ``no_padding_2_padding``."""
+    lp = no_padding_2_padding(model_output["log_probs"], data)
+    ent = no_padding_2_padding(model_output["entropy"], data)
+    weights = torch.linspace(-1.0, 2.0, lp.numel()).view_as(lp) * data["response_mask"]
+    return (lp * weights).sum() + 0.1 * (ent * data["response_mask"]).sum(), {}
+
+
+def test_response_positions_are_the_tokens_before_each_response_token():
+    rows = response_positions(micro_batch())
+    # row 0: prompt 5, response 3 -> columns 4, 5, 6 predict the response; row 2: prompt 4, response 1 -> column 3
+    assert rows.nonzero().tolist() == [[0, 4], [0, 5], [0, 6], [1, 1], [1, 2], [1, 3], [1, 4], [1, 5], [2, 3]]
+    assert response_positions(micro_batch(use_remove_padding=True)) is None  # packed: verl's own path
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_forward_matches_verls_full_logits(model, temperature):
+    ref = engine(FSDPEngineWithLMHead, model).forward_step(micro_batch(temperature), None, forward_only=True)[1]
+    ours = engine(CPUFSDPEngineWithLMHead, model).forward_step(micro_batch(temperature), None, forward_only=True)[1]
+    data = micro_batch(temperature)
+    for key in ("log_probs", "entropy"):
+        a = no_padding_2_padding(ref["model_output"][key], data) * data["response_mask"]
+        b = no_padding_2_padding(ours["model_output"][key], data) * data["response_mask"]
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        assert ours["model_output"][key].values().shape == ref["model_output"][key].values().shape
+    # the full pass really computed something else at the prompt positions: ours are zeros there
+    assert float(ours["model_output"]["log_probs"].values().abs().sum()) < float(ref["model_output"]["log_probs"].values().abs().sum())
+
+
+def test_gradients_match_verls_full_logits(model):
+    grads = []
+    for cls in (FSDPEngineWithLMHead, CPUFSDPEngineWithLMHead):
+        m = copy.deepcopy(model).train()
+        loss, _ = engine(cls, m).forward_step(micro_batch(), response_loss, forward_only=False)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "model.language_model.embed_tokens.weight" in grads[0]  # tied LM head
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)

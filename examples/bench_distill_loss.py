@@ -72,7 +72,10 @@ def main() -> None:
     p.add_argument("--topk", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--full-size", action="store_true", help="Qwen3-VL-8B config, random weights (a GPU)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, flash_attention_2, eager)")
     args = p.parse_args()
+    args.shape = "8b" if args.full_size else "tiny"  # build() (bench_teacher_pass) reads shape, device, attn
 
     from verl_ext.distill.actor import TEACHER_TOPK, TOPK_IDS, TopkRecorder, response_rows, self_distill_loss
     from verl_ext.distill.config import DistillOptions

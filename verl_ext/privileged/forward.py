@@ -43,6 +43,9 @@ def response_log_probs(
         pos = pos.transpose(0, 1).contiguous()  # [4, B, L]
     mm = extract_multi_modal_inputs([m for m in multi_modal_inputs if m])
     mm.pop("images_seqlens", None)
+    device = next(model.parameters()).device  # the batch is assembled on CPU; the model may be on a GPU
+    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    mm = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mm.items()}
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **mm).logits
     out = torch.zeros((bsz, max(response_lengths)), dtype=torch.float32)
     for b, r in enumerate(response_lengths):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data_prep.build_parquet import build, parse_args
-from data_prep.converters.synthetic import COLOURS
+from data_prep.converters.synthetic import COLOURS, TEST_SIZE, TRAIN_SIZE
 from verl_ext.reward import compute_score
 
 
@@ -54,7 +54,7 @@ def pixels(im) -> np.ndarray:
 def rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
     summary = build(parse_args(["synthetic", "--out-dir", str(out), "--quiet"]))
-    assert [(s["split"], s["written"]) for s in summary] == [("train", 600), ("test", 90)]
+    assert [(s["split"], s["written"]) for s in summary] == [("train", TRAIN_SIZE), ("test", TEST_SIZE)] == [("train", 4000), ("test", 90)]
     return {s: pq.read_table(out / f"synthetic/{s}.parquet").to_pylist() for s in ("train", "test")}
 
 

@@ -176,7 +176,7 @@ if __name__ == "__main__":
 # never answers, every GRPO group then has zero advantage and RL has nothing to learn from).
 # ---------------------------------------------------------------------------------------------
 
-WARM_DEFAULTS = {"steps": 220, "batch_size": 16, "lr": 3e-3, "seed": 0}
+WARM_DEFAULTS = {"steps": 320, "batch_size": 16, "lr": 3e-3, "seed": 0, "rows": 600}
 
 
 def _chat_text(tokenizer, content: str) -> str:
@@ -256,7 +256,8 @@ def sft_loss(model, batch: list[dict], pad_id: int):
 
 def build_warm_start(model_dir, train_parquet, out_dir, steps: int = WARM_DEFAULTS["steps"],
                      batch_size: int = WARM_DEFAULTS["batch_size"], lr: float = WARM_DEFAULTS["lr"],
-                     seed: int = WARM_DEFAULTS["seed"], overwrite: bool = False, log=print) -> Path:
+                     seed: int = WARM_DEFAULTS["seed"], rows: int | None = WARM_DEFAULTS["rows"], overwrite: bool = False,
+                     log=print) -> Path:
     """Fine-tune the tiny model in ``model_dir`` on the reference traces of ``train_parquet`` (AdamW, constant lr,
     ``steps`` batches sampled with replacement) and save it, tokenizer and processor included, to ``out_dir``.
 
@@ -278,8 +279,8 @@ def build_warm_start(model_dir, train_parquet, out_dir, steps: int = WARM_DEFAUL
     rng = random.Random(seed)
     processor = AutoProcessor.from_pretrained(str(model_dir))
     model = Qwen3VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
-    rows = pq.read_table(str(train_parquet)).to_pylist()
-    data = encode_sft_rows(rows, processor)
+    table = pq.read_table(str(train_parquet))
+    data = encode_sft_rows(table.slice(0, rows).to_pylist() if rows else table.to_pylist(), processor)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     losses = []
@@ -298,5 +299,5 @@ def build_warm_start(model_dir, train_parquet, out_dir, steps: int = WARM_DEFAUL
     processor.save_pretrained(out)
     processor.tokenizer.save_pretrained(out)
     record.write_text(json.dumps({"base": str(model_dir), "train": str(train_parquet), "steps": steps, "batch_size": batch_size,
-                                  "lr": lr, "seed": seed, "final_loss": losses[-1], "seconds": round(time.time() - start, 1)}, indent=1))
+                                  "lr": lr, "seed": seed, "rows": len(data), "final_loss": losses[-1], "seconds": round(time.time() - start, 1)}, indent=1))
     return out

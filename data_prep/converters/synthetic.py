@@ -11,8 +11,10 @@ tokens each with the tiny Qwen3-VL's 16-px patches merged 2x2):
 tiny vision tower never told the shapes apart (chance accuracy after 360 warm-start steps), so it only
 diluted the signal of the two learnable tasks.
 
-Every row carries a short correct reference trace, ``<thought>a red circle</thought><answer>red</answer>``
-(about 15 tokens), used by the warm start and by OPSD's teacher. Deterministic in ``--seed``.
+Every row carries a short correct reference trace, ``<thought>a red circle</thought><answer> red</answer>``
+(about 15 tokens), used by the warm start and by OPSD's teacher. The space after ``<answer>`` keeps ``>`` a token
+of its own before every answer: without it the tokenizer merges ``>A`` / ``>B`` while colours follow a lone
+``>``, and a few RL steps that favour ``>`` left every A/B answer unfinished. Deterministic in ``--seed``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ SHAPES = ("circle", "square", "triangle")
 SIDE = 64                        # image side in pixels: 2x2 merged tokens of 32 px
 GRID = 4                         # dots sit in a 4x4 grid of 16-px cells
 MIN_DOT_GAP = 3                  # dot counts of the two images differ by at least this
-TRAIN_SIZE, TEST_SIZE = 600, 90
+TRAIN_SIZE, TEST_SIZE = 4000, 90
 
 
 def _png(img: Image.Image) -> bytes:
@@ -102,7 +104,7 @@ def generate(split: str, n: int, seed: int):
         yield None, {
             "id": f"synthetic-{split}-{i:05d}", "task": name, "question": q, "answer": answer,
             "problem_type": ptype, "options": options, "images": [_png(im) for im in imgs],
-            TRACE_FIELD: f"<thought>{why}</thought><answer>{answer}</answer>",
+            TRACE_FIELD: f"<thought>{why}</thought><answer> {answer}</answer>",
         }
 
 

@@ -34,7 +34,7 @@ SHAPES = ("circle", "square", "triangle")
 SIDE = 64                        # image side in pixels: 2x2 merged tokens of 32 px
 GRID = 4                         # dots sit in a 4x4 grid of 16-px cells
 MIN_DOT_GAP = 3                  # dot counts of the two images differ by at least this
-TRAIN_SIZE, TEST_SIZE = 4000, 90
+TRAIN_SIZE, TEST_SIZE = 4000, 90   # the warm start reads the first 600; RL draws from all (mostly unseen images)
 
 
 def _png(img: Image.Image) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from verl_ext.cpu.hf_rollout import HFRolloutServer, request_seed, sample_next_token
+from verl_ext.cpu.hf_rollout import HFRolloutServer, request_digest, request_seed, sample_next_token
 
 
 def test_sample_next_token_rules():
@@ -175,7 +175,8 @@ def test_sampled_requests_are_reproducible_whatever_the_batch(server):
     server._seen.clear()
     alone = server._generate(p, params, im).token_ids
     again = server._generate(p, params, im).token_ids  # second occurrence: other seed
-    assert request_seed(0, (1.0,), p, im, 0) != request_seed(0, (1.0,), p, im, 1)
+    digest = request_digest(0, (1.0,), p, im)
+    assert request_seed(digest, 0) != request_seed(digest, 1)
     server._seen.clear()
 
     async def batch():

@@ -70,14 +70,20 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, to
     return (choice if ids is None else ids.gather(-1, choice)).squeeze(-1)
 
 
-def request_seed(base: int, key: tuple, prompt_ids, images, occurrence: int) -> int:
-    """A 63-bit seed from the request's content: its sampling settings, prompt ids, image pixels and how many
-    times the same request was seen since the last weight update (the n samples of one prompt differ)."""
+def request_digest(base: int, key: tuple, prompt_ids, images) -> bytes:
+    """A digest of the request's content: the server's seed, sampling settings, prompt ids and image pixels."""
     h = hashlib.blake2b(digest_size=8)
-    h.update(repr((base, key, occurrence)).encode())
+    h.update(repr((base, key)).encode())
     h.update(torch.as_tensor(list(prompt_ids), dtype=torch.int64).numpy().tobytes())
     for image in images or ():
         h.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+    return h.digest()
+
+
+def request_seed(digest: bytes, occurrence: int) -> int:
+    """A 63-bit seed for the ``occurrence``-th request with ``digest`` since the last weight update (the n samples
+    of one prompt differ)."""
+    h = hashlib.blake2b(digest + occurrence.to_bytes(8, "little"), digest_size=8)
     return int.from_bytes(h.digest(), "little") >> 1
 
 
@@ -169,14 +175,14 @@ class HFRolloutServer:
             int(sampling_params.get("top_k", -1) if sampling_params.get("top_k") is not None else -1),
             max_new,
         )
-        seed = request_seed(self.seed, key, prompt_ids, image_data, 0)
-        occurrence, self._seen[seed] = self._seen[seed], self._seen[seed] + 1
+        digest = request_digest(self.seed, key, prompt_ids, image_data)
+        occurrence, self._seen[digest] = self._seen[digest], self._seen[digest] + 1
         return {
             "ids": ids,
             "vision": vision,
             "want_log_probs": want_lp is not None and want_lp is not False,
             "key": key,
-            "seed": request_seed(self.seed, key, prompt_ids, image_data, occurrence),
+            "seed": request_seed(digest, occurrence),
         }
 
     @torch.no_grad()

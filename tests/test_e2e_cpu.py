@@ -28,9 +28,6 @@ COMMON = [
     "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=4",
     "trainer.val_before_train=false", "trainer.test_freq=-1",
     "trainer.save_freq=2",  # one checkpoint per run, at step 2 (RLSD resumes from it)
-    # temperature 1 without top-k/top-p: the warm start has seen each of the 48 test-session rows ~100 times,
-    # and the quickstart's sharper sampling can make every group of 4 uniform (zero advantages)
-    "actor_rollout_ref.rollout.temperature=1.0", "actor_rollout_ref.rollout.top_p=1.0", "actor_rollout_ref.rollout.top_k=-1",
     f"algorithm.rlsd.lambda_init={LAMBDA_INIT}",
     f"algorithm.rlsd.decay_steps={DECAY_STEPS}",
 ]

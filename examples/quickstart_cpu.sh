@@ -19,7 +19,9 @@ case "${1:-}" in
 esac
 WORK="$ROOT/outputs/cpu"
 
-if [ ! -f "$WORK/data/synthetic/train.parquet" ]; then
+# (re)build the synthetic set when missing or left by a version with another train size
+if ! "$PY" -c "import sys, pyarrow.parquet as pq; from data_prep.converters.synthetic import TRAIN_SIZE
+sys.exit(pq.ParquetFile(sys.argv[1]).metadata.num_rows != TRAIN_SIZE)" "$WORK/data/synthetic/train.parquet" 2>/dev/null; then
   "$PY" data_prep/build_parquet.py synthetic --out-dir "$WORK/data"
 fi
 # the tiny model and its warm start are built by the launcher once and reused afterwards

@@ -148,7 +148,7 @@ def build_tiny_qwen3vl(out_dir: str | os.PathLike, seed: int = 0, overwrite: boo
     marker = out / "model.safetensors"
     tokenizer = load_tokenizer()
     if marker.is_file() and (out / "processor_config.json").is_file() and not overwrite:
-        if Qwen3VLConfig.from_pretrained(str(out)).to_dict() == tiny_config(tokenizer).to_dict():
+        if _arch(Qwen3VLConfig.from_pretrained(str(out))) == _arch(tiny_config(tokenizer)):
             return out
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -159,6 +159,11 @@ def build_tiny_qwen3vl(out_dir: str | os.PathLike, seed: int = 0, overwrite: boo
     build_processor(tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _arch(config) -> dict:
+    """A Qwen3-VL config as a dict, without what ``save_pretrained`` adds (architectures, dtype, version)."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("architectures", "dtype", "torch_dtype", "transformers_version")}
 
 
 def main() -> None:

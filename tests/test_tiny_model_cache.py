@@ -28,7 +28,7 @@ def test_tiny_model_rebuilt_when_its_config_differs(tmp_path):
     assert json.loads((out / "config.json").read_text())["vision_config"]["depth"] == tiny_config().vision_config.depth
 
 
-def test_warm_start_rebuilt_when_settings_or_inputs_change(tmp_path, tiny_model_dir, synthetic_data_dir):
+def test_warm_start_rebuilt_when_settings_or_inputs_change(tmp_path, tiny_model_dir, synthetic_data_dir, monkeypatch):
     base = tmp_path / "base"
     shutil.copytree(tiny_model_dir, base)
     train = tmp_path / "train.parquet"
@@ -40,6 +40,9 @@ def test_warm_start_rebuilt_when_settings_or_inputs_change(tmp_path, tiny_model_
     first = _mtime(out)
     build_warm_start(base, train, out, **kw)
     assert _mtime(out) == first, "same settings and inputs: reused"
+    monkeypatch.chdir(tmp_path)
+    build_warm_start("base", "train.parquet", out, **kw)
+    assert _mtime(out) == first, "the same files by relative paths: reused"
 
     build_warm_start(base, train, out, **{**kw, "steps": 2})
     second = _mtime(out)

@@ -281,7 +281,7 @@ def build_warm_start(model_dir, train_parquet, out_dir, steps: int = WARM_DEFAUL
 
     out = Path(out_dir)
     record = out / "warm_start.json"
-    settings = {"base": str(model_dir), "train": str(train_parquet), "steps": steps, "batch_size": batch_size,
+    settings = {"base": str(Path(model_dir).resolve()), "train": str(Path(train_parquet).resolve()), "steps": steps, "batch_size": batch_size,
                 "lr": lr, "seed": seed, "rows": rows}
     if record.is_file() and (out / "model.safetensors").is_file() and not overwrite:
         done = json.loads(record.read_text())

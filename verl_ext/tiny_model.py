@@ -148,12 +148,13 @@ def build_tiny_qwen3vl(out_dir: str | os.PathLike, seed: int = 0, overwrite: boo
     out = Path(out_dir)
     marker = out / "model.safetensors"
     tokenizer = load_tokenizer()
+    config = tiny_config(tokenizer)
     if marker.is_file() and (out / "processor_config.json").is_file() and not overwrite:
-        if _arch(Qwen3VLConfig.from_pretrained(str(out))) == _arch(tiny_config(tokenizer)):
+        if _arch(Qwen3VLConfig.from_pretrained(str(out))) == _arch(config):
             return out
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(tiny_config(tokenizer))
+    model = Qwen3VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)

@@ -8,8 +8,8 @@ tokens each with the tiny Qwen3-VL's 16-px patches merged 2x2):
   -> A (Image 1) | B (Image 2) (multiple choice).
 
 "What shape is in the image?" (circle | square | triangle) is not in the mix: at 4 tokens per image the
-tiny vision tower (then 1 block of width 32) never told the shapes apart (chance accuracy after 360 warm-start steps), so it only
-diluted the signal of the two learnable tasks.
+tiny vision tower (then 1 block of width 32) never told the shapes apart (chance accuracy after 360
+warm-start steps), so it only diluted the signal of the two learnable tasks.
 
 Every row carries a short correct reference trace, ``<thought>a red circle</thought><answer> red</answer>``
 (about 15 tokens), used by the warm start and by OPSD's teacher. The space after ``<answer>`` keeps ``>`` a token

@@ -477,3 +477,55 @@ def test_template_files(tmp_path):
     assert TeacherConfig.resolve({}, "sdpo").template == "sdpo" and TeacherConfig.resolve({}, "opsd").template == "teacher"
     # the default budget: student prompt + hint + template room + response
     assert TeacherConfig.resolve({}, "rlsd", max_prompt_length=100, max_response_length=50).max_length == 100 + 4096 + 512 + 50
+
+
+def _typed(uid, ptype, answer, k=0):
+    return StudentSample(messages=[], prompt_ids=[1], response_ids=[7] * (k + 1), uid=uid, ground_truth=answer,
+                         extra_info={"problem_type": ptype, "qwen3vl_235b_thinking_response": f"trace of {uid}"})
+
+
+def test_shuffled_hint_is_another_prompts_of_the_same_type_never_its_own(parts):
+    # 3 open prompts (2 responses each), 2 multiple-choice prompts, 1 math prompt alone in its type, 1 padding row
+    batch = [_typed(u, t, a, k) for u, t, a in (("o1", "open", "red"), ("o2", "open", "blue"), ("o3", "open", "green"))
+             for k in range(2)]
+    batch += [_typed("m1", "multiple choice", "A"), _typed("m2", "multiple choice", "A"), _typed("x", "math", "7")]
+    batch.append(StudentSample(messages=[], prompt_ids=[1], response_ids=[7], is_padding=True))
+    own = {"o1": "red", "o2": "blue", "o3": "green", "m1": "A", "m2": "A"}
+    seen = set()
+    for seed in range(30):
+        builder = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="shuffled", seed=seed))
+        result = builder.hints(batch, step=5)
+        assert result.hints == builder.hints(batch, step=5).hints  # seeded
+        for i, s in enumerate(batch[:8]):
+            j = result.shuffled_from[i]
+            src = batch[j]
+            assert src.uid != s.uid and src.extra_info["problem_type"] == s.extra_info["problem_type"]
+            assert result.hints[i] == src.ground_truth
+        # both responses of a prompt get the same borrowed hint, as with their own hint
+        for a in (0, 2, 4):
+            assert result.hints[a] == result.hints[a + 1]
+        assert result.hints[8] is None and result.hints[9] is None  # alone in its type, padding
+        assert result.valid.tolist() == [True] * 8 + [False, False]
+        assert result.no_partner == 1 and result.hint_missing == 1
+        # m1 and m2 both read "A": the borrowed text equals their own, and that is counted, never hidden
+        same = sum(result.hints[i] == own[batch[i].uid] for i in range(8))
+        assert result.shuffled_same_text == same >= 2
+        seen.add(tuple(result.hints[:6]))
+    assert len(seen) > 1  # the draw depends on the seed
+    ref = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="shuffled", shuffle_source="reference"))
+    result = ref.hints(batch, step=1)
+    assert all(result.hints[i] == f"trace of {batch[result.shuffled_from[i]].uid}" for i in range(8))
+
+
+def test_shuffled_hint_metrics_and_prompt(parts, rows):
+    # the rows fixture: three prompts of one (missing) problem type; the teacher prompt carries the borrowed hint
+    group = [StudentSample(**{**r.__dict__, "uid": f"u{i}"}) for i, r in enumerate(rows)]
+    builder = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="shuffled"))
+    teacher, hints, metrics = builder.build(group)
+    assert metrics["teacher/hint_shuffled"] == 3 and metrics["teacher/shuffle_no_partner"] == 0
+    for i, t in enumerate(teacher):
+        borrowed = str(group[hints.shuffled_from[i]].ground_truth)
+        text = parts.tok.decode(t.prompt_ids.tolist())
+        assert f"Here is a reference solution:\n{borrowed}\n" in text
+    with pytest.raises(ValueError, match="shuffle_source"):
+        TeacherConfig(hint="shuffled", shuffle_source="sibling")

@@ -25,7 +25,9 @@ that does not fit even with empty hints gets no teacher signal (``valid`` false,
 
 Hints: ``answer`` (the ground truth; missing: no teacher signal, ``teacher/hint_missing``),
 ``reference`` (the trace in ``extra_info``; missing or empty: the ground truth instead,
-``teacher/hint_fallback``), ``sibling`` (other responses of the same group, see :func:`pick_siblings`).
+``teacher/hint_fallback``), ``sibling`` (other responses of the same group, see :func:`pick_siblings`),
+``shuffled`` (the control: another prompt's answer or reference of the same problem type, see
+:func:`shuffle_hints`; counted in ``teacher/hint_shuffled``, ``teacher/shuffle_no_partner``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class HintResult:
     failed_index: list[int | None] | None = None
     hint_fallback: int = 0  # reference: missing/empty trace, the ground truth used instead
     hint_missing: int = 0  # neither hint nor fallback: no teacher signal
+    shuffled_from: list[int | None] | None = None  # shuffled: the row whose hint each row got
+    no_partner: int = 0  # shuffled: rows with no other prompt of their problem type in the batch
+    shuffled_same_text: int = 0  # shuffled: rows whose borrowed hint reads the same as their own
 
 
 def load_template(name_or_path: str):
@@ -214,6 +219,51 @@ def pick_siblings(
     return good, missing, bad
 
 
+def problem_type(sample: StudentSample) -> str:
+    """The row's problem type as the data writes it (``extra_info.problem_type``), for grouping only."""
+    return str((sample.extra_info or {}).get("problem_type") or "").strip().lower()
+
+
+def shuffle_hints(
+    samples: Sequence[StudentSample], hints: Sequence[str | None], seed: int, step: int
+) -> tuple[list[str | None], list[int | None], int, int]:
+    """The control of ``hint=shuffled``: every prompt (uid) borrows the hint of one other prompt of the same
+    problem type in the batch, drawn uniformly (seeded by ``(seed, step, uid)``), so all responses of a group
+    share one teacher, as with their own hint. Never the prompt's own; a prompt alone in its type gets none.
+
+    Returns ``(hints, source row per row, rows without a partner, rows whose borrowed text equals their own)``.
+    """
+    first: dict[str, int] = {}  # uid -> a row of that prompt with a hint
+    by_type: dict[str, list[str]] = {}
+    for i, s in enumerate(samples):
+        if s.is_padding or hints[i] is None:
+            continue
+        uid = s.uid if s.uid is not None else f"row{i}"
+        if uid not in first:
+            first[uid] = i
+            by_type.setdefault(problem_type(s), []).append(uid)
+    out: list[str | None] = []
+    source: list[int | None] = []
+    no_partner = same = 0
+    for i, s in enumerate(samples):
+        uid = s.uid if s.uid is not None else f"row{i}"
+        if s.is_padding or uid not in first:
+            out.append(None)
+            source.append(None)
+            continue
+        others = sorted(u for u in by_type[problem_type(s)] if u != uid)
+        if not others:
+            no_partner += 1
+            out.append(None)
+            source.append(None)
+            continue
+        j = first[random.Random(f"{seed}:{step}:{uid}").choice(others)]
+        out.append(hints[j])
+        source.append(j)
+        same += hints[j] == hints[i]
+    return out, source, no_partner, same
+
+
 def _bind_rope_index(processor):
     """The processor itself when it carries ``get_rope_index`` (verl's ``hf_processor`` binds the
     model's), a copy bound to the model family's function for a plain Qwen3-VL processor, else None
@@ -263,8 +313,8 @@ class PrivilegedPromptBuilder:
         self.merge_size = int(getattr(image_processor, "merge_size", 1) or 1)
 
     # ---------------------------------------------------------------- hints
-    def _resolve_hint(self, sample: StudentSample) -> tuple[str | None, bool]:
-        """``(hint text or None, fell back to the answer)``."""
+    def _resolve_hint(self, sample: StudentSample, source: str | None = None) -> tuple[str | None, bool]:
+        """``(hint text or None, fell back to the answer)`` of ``source`` (default: ``config.hint``)."""
 
         def text(value):
             if isinstance(value, (list, tuple)):
@@ -272,7 +322,7 @@ class PrivilegedPromptBuilder:
             return None if value is None or not str(value).strip() else str(value)
 
         answer = text(sample.ground_truth)
-        if self.config.hint == "answer":
+        if (source or self.config.hint) == "answer":
             return answer, False
         trace = text((sample.extra_info or {}).get(self.config.reference_field))
         return (trace, False) if trace is not None else (answer, answer is not None)
@@ -290,15 +340,21 @@ class PrivilegedPromptBuilder:
                 hints.append(decode(g) if valid[i] else None)
                 failed.append(decode(b))
             return HintResult(hints, valid, good, missing, failed=failed, failed_index=bad)
+        source = self.config.shuffle_source if self.config.hint == "shuffled" else None
         hints, fallback, missing = [], 0, 0
         for i, s in enumerate(samples):
-            hint, fell_back = (None, False) if s.is_padding else self._resolve_hint(s)
+            hint, fell_back = (None, False) if s.is_padding else self._resolve_hint(s, source)
             fallback += fell_back
-            if hint is None:
-                valid[i] = False
-                missing += not s.is_padding
             hints.append(hint)
-        return HintResult(hints, valid, [None] * len(samples), 0, hint_fallback=fallback, hint_missing=missing)
+        result = HintResult(hints, valid, [None] * len(samples), 0, hint_fallback=fallback)
+        if self.config.hint == "shuffled":
+            result.hints, result.shuffled_from, result.no_partner, result.shuffled_same_text = shuffle_hints(
+                samples, hints, self.config.seed, step)
+        for i, s in enumerate(samples):
+            if result.hints[i] is None:
+                valid[i] = False
+                result.hint_missing += not s.is_padding
+        return result
 
     def _cut(self, text: str, max_tokens: int) -> tuple[str, bool]:
         """``text`` cut to ``max_tokens`` tokens (start kept, marker appended); whether it was cut."""
@@ -460,6 +516,9 @@ class PrivilegedPromptBuilder:
             "teacher/hint_fallback": float(hint_result.hint_fallback),
             "teacher/hint_missing": float(hint_result.hint_missing),
             "teacher/no_sibling": float(hint_result.no_sibling),
+            "teacher/hint_shuffled": float(sum(j is not None for j in hint_result.shuffled_from or [])),
+            "teacher/shuffle_no_partner": float(hint_result.no_partner),
+            "teacher/shuffle_same_text": float(hint_result.shuffled_same_text),
             "teacher/valid_frac": float(hint_result.valid.float().mean()) if len(samples) else 0.0,
             "teacher/prompt_length_mean": float(sum(len(t.prompt_ids) for t in out) / max(len(out), 1)),
         }

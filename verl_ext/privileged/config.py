@@ -5,8 +5,11 @@ Every key may be ``null`` in the Hydra config, which means "the default" (per es
 ==========================  ==============================================  ===============================
 key                         meaning                                         default
 ==========================  ==============================================  ===============================
-hint                        ``answer`` | ``reference`` | ``sibling``        rlsd: answer; opsd, grpo_opsd:
-                                                                            reference; sdpo: sibling
+hint                        ``answer`` | ``reference`` | ``sibling`` |      rlsd: answer; opsd, grpo_opsd:
+                            ``shuffled`` (the control: the hint of another  reference; sdpo: sibling
+                            prompt of the same problem type in the batch)
+shuffle_source              shuffled: whose text is passed on, ``answer``   answer
+                            or ``reference``
 mode                        ``frozen`` | ``live`` | ``ema``                 sdpo: ema; others: frozen
 sync_every                  frozen: re-sync the teacher copy every N steps  10
 ema_rate                    ema: ``teacher <- (1 - r) teacher + r policy``  0.05
@@ -42,7 +45,8 @@ from typing import Any, Mapping
 
 from verl_ext.algorithms.checks import check_choice, options
 
-HINT_SOURCES = ("answer", "reference", "sibling")
+HINT_SOURCES = ("answer", "reference", "sibling", "shuffled")
+SHUFFLE_SOURCES = ("answer", "reference")
 TEACHER_MODES = ("frozen", "live", "ema")
 SIBLING_PICKS = ("shortest_pair", "shortest", "random")
 CONTEXTS = ("question", "student_prompt")
@@ -76,6 +80,7 @@ def default_max_length(max_prompt_length: int | None, max_response_length: int |
 @dataclasses.dataclass
 class TeacherConfig:
     hint: str = "answer"
+    shuffle_source: str = "answer"
     mode: str = "frozen"
     sync_every: int = 10
     ema_rate: float = 0.05
@@ -93,6 +98,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_choice("algorithm.teacher.hint", self.hint, HINT_SOURCES)
+        check_choice("algorithm.teacher.shuffle_source", self.shuffle_source, SHUFFLE_SOURCES)
         check_choice("algorithm.teacher.mode", self.mode, TEACHER_MODES)
         check_choice("algorithm.teacher.context", self.context, CONTEXTS)
         check_choice("algorithm.teacher.sibling_pick", self.sibling_pick, SIBLING_PICKS)

@@ -272,6 +272,16 @@ def test_gap_metric_and_thought_mask(vl):
     out = teacher_gap_metrics(t, s, m, torch.tensor([True, False]))
     assert out["teacher/logprob_gap_mean"] == pytest.approx((1.0 + 0.5) / 2)
     assert out["teacher/log_prob_mean"] == pytest.approx(-1.5)
+    assert "teacher/logprob_gap_success" not in out
+    # split by the reward: three valid rows, the second failed; gaps by hand: row 0 (1.0, 0.5), row 1 (-2, 0, 8),
+    # row 2 (0.5); row 3 invalid
+    t3 = torch.cat([t, torch.tensor([[-0.5, 0.0, 0.0], [5.0, 5.0, 5.0]])])
+    s3 = torch.cat([s, torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])])
+    m3 = torch.cat([m, torch.tensor([[1, 0, 0], [1, 1, 1]])])
+    out = teacher_gap_metrics(t3, s3, m3, torch.tensor([True, True, True, False]),
+                              success=torch.tensor([True, False, True, True]))
+    assert out["teacher/logprob_gap_success"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    assert out["teacher/logprob_gap_failure"] == pytest.approx((-2.0 + 0.0 + 8.0) / 3)
 
     # every thought span, the tag tokens excluded (as released); the answer never
     text = "<thought>add 2 and 3</thought>so 5<thought>check: 5 - 3 = 2</thought><answer>5</answer>"

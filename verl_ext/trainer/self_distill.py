@@ -384,7 +384,8 @@ class SelfDistillTrainer(PPOTrainerSync):
         )
         data.batch["advantages"], data.batch["returns"] = advantages, returns
         metrics.update(estimator_metrics)
-        metrics.update(teacher_gap_metrics(teacher_log_probs, old_log_probs, mask, teacher_valid))
+        metrics.update(teacher_gap_metrics(teacher_log_probs, old_log_probs, mask, teacher_valid,
+                                           success=data.batch["token_level_scores"].sum(-1) > self.teacher_config.success_threshold))
         metrics.update(getattr(self, "_teacher_step_metrics", {}))
         # Diagnostics (verl_ext.diagnostics): diag/ leakage and stability metrics, token-credit dumps.
         if getattr(self, "_diagnostics", None) is None:
@@ -418,18 +419,25 @@ def without_invalid_rows(
 
 
 def teacher_gap_metrics(
-    teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor, valid: torch.Tensor
+    teacher_log_probs: torch.Tensor, old_log_probs: torch.Tensor, response_mask: torch.Tensor, valid: torch.Tensor,
+    success: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Mean over valid rows' response tokens of ``log pi_T - log pi_S`` and of ``log pi_T``."""
+    """Mean over valid rows' response tokens of ``log pi_T - log pi_S`` and of ``log pi_T``; with ``success``
+    ([B] bool, reward score above ``success_threshold``) also the gap over successful and over failed rows'
+    tokens: a teacher that reads its hint raises the student's successful responses above its failed ones."""
     m = response_mask.bool() & valid.to(response_mask.device).bool().unsqueeze(-1)
-    n = int(m.sum())
-    if n == 0:
-        return {"teacher/logprob_gap_mean": 0.0, "teacher/log_prob_mean": 0.0}
-    gap = (teacher_log_probs - old_log_probs)[m]
-    return {
-        "teacher/logprob_gap_mean": float(gap.mean()),
-        "teacher/log_prob_mean": float(teacher_log_probs[m].mean()),
-    }
+    gap_all = teacher_log_probs - old_log_probs
+
+    def mean_gap(mask):
+        return float(gap_all[mask].mean()) if bool(mask.any()) else 0.0
+
+    out = {"teacher/logprob_gap_mean": mean_gap(m),
+           "teacher/log_prob_mean": float(teacher_log_probs[m].mean()) if bool(m.any()) else 0.0}
+    if success is not None:
+        ok = success.to(m.device).bool().unsqueeze(-1)
+        out["teacher/logprob_gap_success"] = mean_gap(m & ok)
+        out["teacher/logprob_gap_failure"] = mean_gap(m & ~ok)
+    return out
 
 
 __all__ = ["SelfDistillTrainer", "student_samples_from_tensordict", "teacher_gap_metrics", "without_invalid_rows"]

@@ -529,3 +529,21 @@ def test_shuffled_hint_metrics_and_prompt(parts, rows):
         assert f"Here is a reference solution:\n{borrowed}\n" in text
     with pytest.raises(ValueError, match="shuffle_source"):
         TeacherConfig(hint="shuffled", shuffle_source="sibling")
+
+
+def test_shuffled_hint_grouped_by_another_field(parts):
+    """shuffle_group=task: two tasks of one problem type never lend each other their hints."""
+    batch = []
+    for uid, task, answer in (("c1", "colour", "red"), ("c2", "colour", "blue"), ("m1", "more", "yes"), ("m2", "more", "no")):
+        row = _typed(uid, "open", answer)
+        row.extra_info["task"] = task
+        batch.append(row)
+    for seed in range(10):
+        cfg = TeacherConfig(hint="shuffled", shuffle_group="task", seed=seed)
+        result = PrivilegedPromptBuilder(parts.tok, parts.proc, cfg).hints(batch, step=0)
+        assert result.hints == ["blue", "red", "no", "yes"]  # one partner each: the other row of its task
+    mixed = set()
+    for seed in range(30):  # by problem type (all open) a colour row may borrow a yes/no answer
+        result = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="shuffled", seed=seed)).hints(batch)
+        mixed.add(result.hints[0])
+    assert mixed == {"blue", "yes", "no"}

@@ -219,20 +219,18 @@ def pick_siblings(
     return good, missing, bad
 
 
-def problem_type(sample: StudentSample) -> str:
-    """The row's problem type as the data writes it (``extra_info.problem_type``), for grouping only."""
-    return str((sample.extra_info or {}).get("problem_type") or "").strip().lower()
-
-
 def shuffle_hints(
-    samples: Sequence[StudentSample], hints: Sequence[str | None], seed: int, step: int
+    samples: Sequence[StudentSample], hints: Sequence[str | None], seed: int, step: int, group: str = "problem_type"
 ) -> tuple[list[str | None], list[int | None], int, int]:
     """The control of ``hint=shuffled``: every prompt (uid) borrows the hint of one other prompt of the same
-    problem type in the batch, drawn uniformly (seeded by ``(seed, step, uid)``), so all responses of a group
+    ``extra_info[group]`` (default: problem type) in the batch, drawn uniformly (seeded by ``(seed, step, uid)``), so all responses of a group
     share one teacher, as with their own hint. Never the prompt's own; a prompt alone in its type gets none.
 
     Returns ``(hints, source row per row, rows without a partner, rows whose borrowed text equals their own)``.
     """
+    def kind(sample: StudentSample) -> str:
+        return str((sample.extra_info or {}).get(group) or "").strip().lower()
+
     first: dict[str, int] = {}  # uid -> a row of that prompt with a hint
     by_type: dict[str, list[str]] = {}
     for i, s in enumerate(samples):
@@ -241,7 +239,7 @@ def shuffle_hints(
         uid = s.uid if s.uid is not None else f"row{i}"
         if uid not in first:
             first[uid] = i
-            by_type.setdefault(problem_type(s), []).append(uid)
+            by_type.setdefault(kind(s), []).append(uid)
     out: list[str | None] = []
     source: list[int | None] = []
     no_partner = same = 0
@@ -251,7 +249,7 @@ def shuffle_hints(
             out.append(None)
             source.append(None)
             continue
-        others = sorted(u for u in by_type[problem_type(s)] if u != uid)
+        others = sorted(u for u in by_type[kind(s)] if u != uid)
         if not others:
             no_partner += 1
             out.append(None)
@@ -349,7 +347,7 @@ class PrivilegedPromptBuilder:
         result = HintResult(hints, valid, [None] * len(samples), 0, hint_fallback=fallback)
         if self.config.hint == "shuffled":
             result.hints, result.shuffled_from, result.no_partner, result.shuffled_same_text = shuffle_hints(
-                samples, hints, self.config.seed, step)
+                samples, hints, self.config.seed, step, self.config.shuffle_group)
         for i, s in enumerate(samples):
             if result.hints[i] is None:
                 valid[i] = False

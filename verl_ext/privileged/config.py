@@ -10,6 +10,8 @@ hint                        ``answer`` | ``reference`` | ``sibling`` |      rlsd
                             prompt of the same problem type in the batch)
 shuffle_source              shuffled: whose text is passed on, ``answer``   answer
                             or ``reference``
+shuffle_group               shuffled: the ``extra_info`` field whose value  problem_type
+                            a borrowed hint's row shares (e.g. ``task``)
 mode                        ``frozen`` | ``live`` | ``ema``                 sdpo: ema; others: frozen
 sync_every                  frozen: re-sync the teacher copy every N steps  10
 ema_rate                    ema: ``teacher <- (1 - r) teacher + r policy``  0.05
@@ -81,6 +83,7 @@ def default_max_length(max_prompt_length: int | None, max_response_length: int |
 class TeacherConfig:
     hint: str = "answer"
     shuffle_source: str = "answer"
+    shuffle_group: str = "problem_type"
     mode: str = "frozen"
     sync_every: int = 10
     ema_rate: float = 0.05

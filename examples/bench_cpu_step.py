@@ -19,7 +19,8 @@ from pathlib import Path
 os.environ["VERL_PLATFORM"] = "cpu"
 
 from verl_ext.cpu.launch import read_metrics, run_training, train_steps  # noqa: E402
-from verl_ext.tiny_model import build_tiny_qwen3vl, build_warm_start  # noqa: E402
+from verl_ext.tiny_model import build_tiny_qwen3vl  # noqa: E402
+from verl_ext.warm_start import build_warm_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/adv", "timing_s/update_actor",

@@ -1,62 +1,109 @@
-"""The five methods side by side on the CPU default: a PNG of validation accuracy, mean reward, RLSD's
-lambda and clip fraction per step, and a Markdown table of start/end accuracy per method.
+"""The CPU comparison as an experiment: every method (and the shuffled-hint control) over several seeds.
 
-Reads verl's file-logger output ``<workdir>/metrics/<method>.jsonl`` (``python -m verl_ext.cpu.launch``
-writes it) and ``<workdir>/compare/wall_s.tsv`` (method, seconds; written by ``examples/compare_cpu.sh``).
+Reads verl's file-logger output ``<workdir>/metrics/<variant>_seed<N>.jsonl`` (written by
+``examples/compare_cpu.sh`` through ``python -m verl_ext.cpu.launch``) and each seed's warm-start record
+(``<workdir>/tiny_qwen3vl_warm[_seed<N>]/warm_start.json``). Writes:
 
-    python examples/compare_cpu.py --workdir outputs/cpu --out docs/cpu_compare.png --table docs/cpu_compare.md
+- a PNG: validation accuracy and training reward per step, mean over seeds with a min-max band;
+- a Markdown table: mean +- sample standard deviation over seeds of the start, end and gain of validation
+  accuracy per variant, the smallest gain, then every run's own numbers and each seed's warm start (the
+  student without a hint and the teacher given the answer, greedy, on the validation split).
+
+    python examples/compare_cpu.py --workdir outputs/cpu --seeds 0 1 2 --out docs/cpu_compare.png --table docs/cpu_compare.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 from pathlib import Path
 
-from verl_ext.cpu.launch import METHODS, VAL_KEY, read_metrics, start_end
+from verl_ext.cpu.launch import VAL_KEY, read_metrics, seed_dirs, start_end
 
-PANELS = (
-    ("validation accuracy (test split)", VAL_KEY),
-    ("mean reward (training samples)", "critic/score/mean"),
-    ("RLSD lambda", "rlsd/lambda"),
-    ("RLSD clip fraction", "rlsd/weight_clip_frac"),
-)
+VARIANTS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "rlsd_shuffled")
+PANELS = (("validation accuracy (test split)", VAL_KEY), ("mean reward (training samples)", "critic/score/mean"))
 
 
-def series(metrics: dict[int, dict[str, float]], key: str) -> tuple[list[int], list[float]]:
-    steps = [s for s in sorted(metrics) if key in metrics[s]]
-    return steps, [metrics[s][key] for s in steps]
+def series(metrics: dict[int, dict[str, float]], key: str) -> dict[int, float]:
+    return {s: metrics[s][key] for s in sorted(metrics) if key in metrics[s]}
 
 
-def table(runs: dict[str, dict[int, dict[str, float]]], wall: dict[str, float]) -> str:
-    """Markdown: per method, validation accuracy at the first and last validation, reward, wall time."""
-    lines = ["| method | val acc start | val acc end | change | reward first step | reward last step | wall time (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for method, metrics in runs.items():
-        acc, reward = start_end(metrics, VAL_KEY), start_end(metrics, "critic/score/mean")
-        if len(series(metrics, VAL_KEY)[0]) < 2:  # no validation after training (an interrupted run)
-            cells = [f"{acc[0]:.3f}" if acc else "-", "-", "-"]
-        else:
-            cells = [f"{acc[0]:.3f}", f"{acc[1]:.3f}", f"{100 * (acc[1] - acc[0]):+.1f} pts"]
-        cells += [f"{reward[0]:.3f}", f"{reward[1]:.3f}"] if reward else ["-"] * 2
-        cells.append(f"{wall[method]:.0f}" if method in wall else "-")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary(runs: dict[str, dict[int, dict]]) -> dict[str, float] | None:
+    """Over one variant's seeds: mean and std of start, end and gain of validation accuracy (points), min gain."""
+    pairs = [start_end(m, VAL_KEY) for m in runs.values() if len(series(m, VAL_KEY)) >= 2]
+    if not pairs:
+        return None
+    out = {"n": len(pairs)}
+    for name, values in (("start", [100 * a for a, _ in pairs]), ("end", [100 * b for _, b in pairs]),
+                         ("gain", [100 * (b - a) for a, b in pairs])):
+        out[name], out[f"{name}_std"] = mean_std(values)
+    out["gain_min"] = min(100 * (b - a) for a, b in pairs)
+    return out
+
+
+def warm_records(workdir: Path, seeds: list[int]) -> dict[int, dict]:
+    out = {}
+    for seed in seeds:
+        path = seed_dirs(workdir, seed)[1] / "warm_start.json"
+        if path.is_file():
+            out[seed] = json.loads(path.read_text())
+    return out
+
+
+def table(results: dict[str, dict[int, dict]], warm: dict[int, dict]) -> str:
+    lines = ["| method | seeds | val acc start | val acc end | gain (points) | smallest gain |",
+             "|---|---|---|---|---|---|"]
+    for variant, runs in results.items():
+        s = summary(runs)
+        if s is None:
+            lines.append(f"| {variant} | 0 | - | - | - | - |")
+            continue
+        lines.append(f"| {variant} | {s['n']} | {s['start']:.1f} ± {s['start_std']:.1f} | {s['end']:.1f} ± "
+                     f"{s['end_std']:.1f} | {s['gain']:+.1f} ± {s['gain_std']:.1f} | {s['gain_min']:+.1f} |")
+    lines += ["", "Every run (validation accuracy, start -> end):", "", "| method | seed | start | end | gain (points) |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for variant, runs in results.items():
+        for seed, metrics in sorted(runs.items()):
+            pair = start_end(metrics, VAL_KEY)
+            if pair and len(series(metrics, VAL_KEY)) >= 2:
+                lines.append(f"| {variant} | {seed} | {pair[0]:.3f} | {pair[1]:.3f} | {100 * (pair[1] - pair[0]):+.1f} |")
+    if warm:
+        lines += ["", "Warm start per seed (greedy, validation split): the student without a hint, the teacher given "
+                  "the answer hint.", "", "| seed | supervised steps | probe | student | teacher with answer |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for seed, rec in sorted(warm.items()):
+            val = rec.get("validation") or {}
+            per = lambda who: ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in sorted(val.items()) if k.startswith(who + "/"))  # noqa: E731
+            lines.append(f"| {seed} | {rec.get('steps')} | {'passed' if rec.get('probe_passed') else 'not passed'} | "
+                         f"{val.get('student_acc', float('nan')):.3f} ({per('student_acc')}) | "
+                         f"{val.get('teacher_answer_acc', float('nan')):.3f} ({per('teacher_answer_acc')}) |")
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, dict[int, dict[str, float]]], out: Path) -> None:
+def plot(results: dict[str, dict[int, dict]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.2), dpi=80)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.5 * len(PANELS), 3.6), dpi=80)
     for ax, (title, key) in zip(axes, PANELS):
-        for method, metrics in runs.items():
-            x, y = series(metrics, key)
-            if x:
-                ax.plot(x, y, marker="o", markersize=3, label=method)
-        ax.set_title(title, fontsize=10)
+        for variant, runs in results.items():
+            per_seed = [series(m, key) for m in runs.values()]
+            steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+            if not steps:
+                continue
+            values = [[p[s] for p in per_seed] for s in steps]
+            line = ax.plot(steps, [statistics.mean(v) for v in values], marker="o", markersize=3,
+                           linestyle="--" if variant.endswith("_shuffled") else "-", label=f"{variant} (n={len(runs)})")
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line[0].get_color(), alpha=0.15)
+        ax.set_title(f"{title}: mean, min-max band", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -69,32 +116,27 @@ def plot(runs: dict[str, dict[int, dict[str, float]]], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="outputs/cpu")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default=None, help="PNG (default: <workdir>/compare/cpu_compare.png)")
     parser.add_argument("--table", default=None, help="Markdown table (default: <workdir>/compare/cpu_compare.md)")
     args = parser.parse_args(argv)
-    work = Path(args.workdir)
-    runs = {}
-    for method in args.methods:
-        path = work / "metrics" / f"{method}.jsonl"
-        if not path.is_file():
-            print(f"no metrics for {method}: {path} is missing", file=sys.stderr)
-            continue
-        runs[method] = read_metrics(path)
-    if not runs:
+    work = Path(args.workdir).resolve()
+    results: dict[str, dict[int, dict]] = {}
+    for variant in args.variants:
+        for seed in args.seeds:
+            path = work / "metrics" / f"{variant}_seed{seed}.jsonl"
+            if path.is_file():
+                results.setdefault(variant, {})[seed] = read_metrics(path)
+            else:
+                print(f"no metrics for {variant}, seed {seed}: {path} is missing", file=sys.stderr)
+    if not results:
         print("nothing to compare", file=sys.stderr)
         return 1
-    wall = {}
-    wall_file = work / "compare" / "wall_s.tsv"
-    if wall_file.is_file():
-        for line in wall_file.read_text().splitlines():
-            if line.strip():
-                method, seconds = line.split("\t")
-                wall[method] = float(seconds)
     out = Path(args.out or work / "compare" / "cpu_compare.png")
     md = Path(args.table or work / "compare" / "cpu_compare.md")
-    plot(runs, out)
-    text = table(runs, wall)
+    plot(results, out)
+    text = table(results, warm_records(work, args.seeds))
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text + "\n")
     print(text)

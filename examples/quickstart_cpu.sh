@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The embedded CPU default: verl's own trainer (through recipe/main.py, the GPU recipes' entry point) for a few steps with a
-# tiny Qwen3-VL on the synthetic data set, warm-started by a short supervised pass over the reference traces (built once,
-# cached in outputs/cpu/tiny_qwen3vl_warm), validated on the whole test split before training (step 0) and at the end.
+# tiny Qwen3-VL on the synthetic data set, warm-started by a supervised pass that teaches the format, the colour task
+# and a teacher that reads its hint, and leaves the dots task at chance for RL (built once per seed, cached in
+# outputs/cpu/tiny_qwen3vl_warm[_seed<N>]), validated on the whole test split before training (step 0) and at the end.
 #   bash examples/quickstart_cpu.sh                 # RLSD, 12 steps
 #   bash examples/quickstart_cpu.sh grpo            # or METHOD=grpo; grpo | rlsd | opsd | sdpo | grpo_opsd
 #   bash examples/quickstart_cpu.sh rlsd trainer.total_training_steps=6 algorithm.rlsd.lambda_init=0.3
 #   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
+#   bash examples/quickstart_cpu.sh grpo --seed 2   # or SEED=2: the tiny model's init, its warm start and RL
 # CPU overrides: recipe/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,9 +21,12 @@ case "${1:-}" in
 esac
 WORK="$ROOT/outputs/cpu"
 
-# (re)build the synthetic set when missing or left by a version with another train size
-if ! "$PY" -c "import sys, pyarrow.parquet as pq; from data_prep.converters.synthetic import TRAIN_SIZE
-sys.exit(pq.ParquetFile(sys.argv[1]).metadata.num_rows != TRAIN_SIZE)" "$WORK/data/synthetic/train.parquet" 2>/dev/null; then
+# (re)build the synthetic set when missing or left by another version (row count, or its first row differs)
+if ! "$PY" -c "import sys, pyarrow.parquet as pq; from data_prep.converters.synthetic import TRAIN_SIZE, generate
+f = pq.ParquetFile(sys.argv[1]); first = f.read_row_group(0).slice(0, 1).to_pylist()[0]['extra_info']
+raw = next(generate('train', 1, 0))[1]
+sys.exit(f.metadata.num_rows != TRAIN_SIZE or (first['question'], first['answer']) != (raw['question'], raw['answer']))" \
+    "$WORK/data/synthetic/train.parquet" 2>/dev/null; then
   "$PY" data_prep/build_parquet.py synthetic --out-dir "$WORK/data"
 fi
 # the tiny model and its warm start are built by the launcher once and reused afterwards

@@ -77,7 +77,8 @@ def test_start_end_reads_validation_before_training_and_at_the_end():
 
 
 def test_compare_script_table_and_plot(tmp_path):
-    """examples/compare_cpu.py on two hand-written metric files: start/end accuracy, change in points, wall time."""
+    """examples/compare_cpu.py on hand-written metric files of two seeds: mean +- sample std of start, end and gain
+    (points, computed by hand below), the smallest gain, every run's numbers and the warm start per seed."""
     import importlib.util
     from pathlib import Path
 
@@ -86,19 +87,40 @@ def test_compare_script_table_and_plot(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     val = module.VAL_KEY
-    runs = {"grpo": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"critic/score/mean": 0.3}},
-                     {"step": 2, "data": {"critic/score/mean": 0.5, val: 0.40}}],
-            "rlsd": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"critic/score/mean": 0.2, "rlsd/lambda": 0.5}}]}  # fmt: skip
+
+    def run(start, mid, end):
+        return [{"step": 0, "data": {val: start}}, {"step": 1, "data": {"critic/score/mean": 0.3}},
+                {"step": 3, "data": {"critic/score/mean": 0.5, val: mid}}, {"step": 6, "data": {val: end}}]
+
+    runs = {"grpo_seed0": run(0.50, 0.55, 0.70), "grpo_seed1": run(0.60, 0.62, 0.70),
+            "rlsd_seed0": [{"step": 0, "data": {val: 0.25}}, {"step": 1, "data": {"rlsd/lambda": 0.5}}]}
     (tmp_path / "metrics").mkdir()
-    for method, rows in runs.items():
-        (tmp_path / "metrics" / f"{method}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "compare").mkdir()
-    (tmp_path / "compare" / "wall_s.tsv").write_text("grpo\t301\n")
-    assert module.main(["--workdir", str(tmp_path), "--methods", "grpo", "rlsd"]) == 0
+    for name, rows in runs.items():
+        (tmp_path / "metrics" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    warm = tmp_path / "tiny_qwen3vl_warm"
+    warm.mkdir()
+    (warm / "warm_start.json").write_text(json.dumps({"steps": 160, "probe_passed": True, "validation": {
+        "student_acc": 0.7, "student_acc/colour": 0.9, "student_acc/more": 0.5, "teacher_answer_acc": 1.0,
+        "teacher_answer_acc/colour": 1.0, "teacher_answer_acc/more": 1.0}}))
+    assert module.main(["--workdir", str(tmp_path), "--variants", "grpo", "rlsd", "--seeds", "0", "1"]) == 0
     lines = (tmp_path / "compare" / "cpu_compare.md").read_text().splitlines()
-    assert lines[2] == "| grpo | 0.250 | 0.400 | +15.0 pts | 0.300 | 0.500 | 301 |"
-    assert lines[3] == "| rlsd | 0.250 | - | - | 0.200 | 0.200 | - |"  # no validation after training
+    # starts 50, 60 (mean 55, std sqrt(50) = 7.07); ends 70, 70; gains 20, 10 (mean 15, std 7.07)
+    assert lines[2] == "| grpo | 2 | 55.0 ± 7.1 | 70.0 ± 0.0 | +15.0 ± 7.1 | +10.0 |"
+    assert lines[3] == "| rlsd | 0 | - | - | - | - |"  # no validation after training
+    assert "| grpo | 1 | 0.600 | 0.700 | +10.0 |" in lines
+    assert "| 0 | 160 | passed | 0.700 (colour 0.90, more 0.50) | 1.000 (colour 1.00, more 1.00) |" in lines
     assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_seed_plumbing():
+    """--seed reaches the tiny model, its warm start (their directories) and RL (data order, sampling, teacher)."""
+    from pathlib import Path
+
+    from verl_ext.cpu.launch import seed_dirs, seed_overrides
+
+    assert seed_overrides(3) == ["data.seed=3", "actor_rollout_ref.rollout.seed=3", "algorithm.teacher.seed=3"]
+    assert seed_dirs(Path("w"), 0) == (Path("w/tiny_qwen3vl"), Path("w/tiny_qwen3vl_warm"))
+    assert seed_dirs(Path("w"), 2) == (Path("w/tiny_qwen3vl_seed2"), Path("w/tiny_qwen3vl_warm_seed2"))
 
 
 def test_val_key_matches_the_cpu_config():

@@ -75,21 +75,22 @@ def test_answers_follow_from_the_pixels(rows):
             assert info["qwen3vl_235b_thinking_response"].startswith(f"<thought>a {colour} {shape_of(comp)}</thought>"), info["id"]
             checked[info["task"]] += 1
         else:
-            assert q.endswith("Which image has more dots?")
+            assert q.endswith("Does the first image have more dots than the second?")
             counts = [len(components(np.all(pixels(im) == 0, axis=-1))) for im in row["images"]]
-            assert gt == ("A" if counts[0] > counts[1] else "B") and abs(counts[0] - counts[1]) >= 3, (info["id"], counts)
+            assert gt == ("yes" if counts[0] > counts[1] else "no") and abs(counts[0] - counts[1]) >= 3, (info["id"], counts)
+            assert gt not in q.lower().split()  # the answer words are not in the question
             checked[info["task"]] += 1
     assert checked == {"colour": 2045, "more": 2045}, checked  # (4000 + 90) / 2: the tasks alternate
 
 
 def test_task_mix_and_reference_traces(rows):
     train = rows["train"]
-    assert {r["extra_info"]["problem_type"] for r in train} == {"open", "multiple choice"}
+    assert {r["extra_info"]["problem_type"] for r in train} == {"open"}
     assert all(len(r["images"]) == (2 if r["extra_info"]["task"] == "more" else 1) for r in train)
     ids = [r["extra_info"]["id"] for r in train + rows["test"]]
     assert len(set(ids)) == len(ids)
     answers = {t: {r["reward_model"]["ground_truth"] for r in train if r["extra_info"]["task"] == t} for t in ("colour", "more")}
-    assert answers == {"colour": set(COLOURS), "more": {"A", "B"}}
+    assert answers == {"colour": set(COLOURS), "more": {"yes", "no"}}
     for r in train:
         trace = r["extra_info"]["qwen3vl_235b_thinking_response"]
         # the reference trace is a full-marks response under the reward function, and short

@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 
-from verl_ext.tiny_model import build_tiny_qwen3vl, build_warm_start, tiny_config
+from verl_ext.tiny_model import build_tiny_qwen3vl, tiny_config
+from verl_ext.warm_start import build_warm_start
 
 
 def _mtime(path):
@@ -34,7 +35,7 @@ def test_warm_start_rebuilt_when_settings_or_inputs_change(tmp_path, tiny_model_
     train = tmp_path / "train.parquet"
     shutil.copy(synthetic_data_dir / "synthetic" / "train.parquet", train)
     out = tmp_path / "warm"
-    kw = {"steps": 1, "batch_size": 2, "rows": 4, "log": None}
+    kw = {"max_steps": 1, "batch_size": 2, "rows": 4, "probe_rows": 0, "log": None}
 
     build_warm_start(base, train, out, **kw)
     first = _mtime(out)
@@ -44,11 +45,11 @@ def test_warm_start_rebuilt_when_settings_or_inputs_change(tmp_path, tiny_model_
     build_warm_start("base", "train.parquet", out, **kw)
     assert _mtime(out) == first, "the same files by relative paths: reused"
 
-    build_warm_start(base, train, out, **{**kw, "steps": 2})
+    build_warm_start(base, train, out, **{**kw, "max_steps": 2})
     second = _mtime(out)
-    assert second != first and json.loads((out / "warm_start.json").read_text())["steps"] == 2
+    assert second != first and json.loads((out / "warm_start.json").read_text())["max_steps"] == 2
 
     st = os.stat(train)
     os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the train file rebuilt
-    build_warm_start(base, train, out, **{**kw, "steps": 2})
+    build_warm_start(base, train, out, **{**kw, "max_steps": 2})
     assert _mtime(out) != second

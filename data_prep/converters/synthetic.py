@@ -4,8 +4,9 @@ The task mix (the one place it is defined: ``TASKS``), each answer visible in 64
 tokens each with the tiny Qwen3-VL's 16-px patches merged 2x2):
 
 - ``colour``: one shape; "What colour is the shape?" -> red | blue | green | yellow (open answer).
-- ``more``: two images of black dots (counts 1-8, at least 3 apart); "Which image has more dots?"
-  -> A (Image 1) | B (Image 2) (multiple choice).
+- ``more``: two images of black dots (counts 1-8, at least 3 apart); "Does the first image have more dots
+  than the second?" -> yes | no (open answer). The answer words appear nowhere in the question (lettered
+  options would put both A and B there): a tiny teacher shown the answer in its prompt finds it by content.
 
 "What shape is in the image?" (circle | square | triangle) is not in the mix: at 4 tokens per image the
 tiny vision tower (then 1 block of width 32) never told the shapes apart (chance accuracy after 360
@@ -13,8 +14,9 @@ warm-start steps), so it only diluted the signal of the two learnable tasks.
 
 Every row carries a short correct reference trace, ``<thought>a red circle</thought><answer> red</answer>``
 (about 15 tokens), used by the warm start and by OPSD's teacher. The space after ``<answer>`` keeps ``>`` a token
-of its own before every answer: without it the tokenizer merges ``>A`` / ``>B`` while colours follow a lone
-``>``, and a few RL steps that favour ``>`` left every A/B answer unfinished. Deterministic in ``--seed``.
+of its own before every answer: without it the tokenizer merged ``>A`` / ``>B`` (the earlier lettered form of
+``more``) while colours follow a lone ``>``, and a few RL steps that favoured ``>`` left every A/B answer
+unfinished. Deterministic in ``--seed``.
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, 
 
 
 def _one_shape(rng: random.Random) -> tuple[Image.Image, str, str]:
-    """A white square image with one shape of random colour, size (32-52 px) and position."""
+    """A white square image with one shape of random colour, size (40-56 px: most of the image's four merged
+    tokens carry the colour) and position."""
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
-    size = rng.randrange(32, 53)
+    size = rng.randrange(40, 57)
     x0, y0 = rng.randrange(2, SIDE - size - 1), rng.randrange(2, SIDE - size - 1)
     img = Image.new("RGB", (SIDE, SIDE), (255, 255, 255))
     _draw_shape(ImageDraw.Draw(img), shape, (x0, y0, x0 + size - 1, y0 + size - 1), COLOURS[colour])
@@ -84,10 +87,10 @@ def _more(rng):
         a, b = rng.randint(1, 8), rng.randint(1, 8)
         if abs(a - b) >= MIN_DOT_GAP:
             break
-    q = "Image 1: <image>\nImage 2: <image>\nWhich image has more dots?"
-    answer = "A" if a > b else "B"
+    q = "First image: <image>\nSecond image: <image>\nDoes the first image have more dots than the second?"
+    answer = "yes" if a > b else "no"
     why = f"{a} dot{'s' * (a != 1)} and {b} dot{'s' * (b != 1)}"
-    return q, answer, "multiple choice", ["Image 1", "Image 2"], [_dots(rng, a), _dots(rng, b)], why
+    return q, answer, "open", [], [_dots(rng, a), _dots(rng, b)], why
 
 
 TASKS = {"colour": _colour, "more": _more}

@@ -101,7 +101,7 @@ def run_training(
     workdir = Path(workdir).resolve()
     run_name = run_name or method
     metrics = workdir / "metrics" / f"{run_name}.jsonl"
-    ckpt = workdir / "checkpoints" / method
+    ckpt = workdir / "checkpoints" / run_name
     log = Path(log_path) if log_path else workdir / "logs" / f"{run_name}.log"
     for path in (metrics.parent, log.parent):
         path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def run_training(
         f"data.val_files={data_dir / 'synthetic' / 'test.parquet'}",
         f"actor_rollout_ref.model.path={Path(model_dir).resolve()}",
         f"trainer.total_training_steps={steps}",
-        f"trainer.experiment_name={method}",
+        f"trainer.experiment_name={run_name}",
         f"trainer.default_local_dir={ckpt}",
         *method_overrides(method),
         *extra,
@@ -215,6 +215,35 @@ def mean_step_seconds(metrics: dict[int, dict[str, float]], skip_first: bool = T
     return sum(metrics[s]["timing_s/step"] for s in steps) / len(steps)
 
 
+def seed_overrides(seed: int) -> list[str]:
+    """The RL side of ``--seed``: data order, the rollout server's sampling and the teacher's draws."""
+    return [f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}", f"algorithm.teacher.seed={seed}"]
+
+
+def seed_dirs(workdir: Path, seed: int) -> tuple[Path, Path]:
+    """The tiny model and its warm start of ``seed`` (seed 0 keeps the unsuffixed names)."""
+    suffix = "" if seed == 0 else f"_seed{seed}"
+    return workdir / f"tiny_qwen3vl{suffix}", workdir / f"tiny_qwen3vl_warm{suffix}"
+
+
+def warm_start_lines(warm_dir: Path) -> list[str]:
+    """What the warm start measured on the validation split (greedy): the student without a hint and the
+    teacher given the answer hint, per task."""
+    record = warm_dir / "warm_start.json"
+    if not record.is_file():
+        return []
+    done = json.loads(record.read_text())
+    val = done.get("validation")
+    lines = [f"warm start: {done.get('steps')} supervised steps, probe {'passed' if done.get('probe_passed') else 'NOT passed'}"]
+    if val:
+        tasks = sorted(k.split("/", 1)[1] for k in val if k.startswith("student_acc/"))
+        per = lambda who: ", ".join(f"{t} {val[f'{who}/{t}']:.2f}" for t in tasks)  # noqa: E731
+        lines.append(f"  student, no hint (greedy, validation): {val['student_acc']:.3f} ({per('student_acc')})")
+        lines.append(f"  teacher given the answer (greedy, validation): {val['teacher_answer_acc']:.3f} "
+                     f"({per('teacher_answer_acc')})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default=os.environ.get("METHOD", "rlsd"), choices=METHODS)
@@ -222,41 +251,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default=None, help="tiny model (default: <workdir>/tiny_qwen3vl, built once)")
     parser.add_argument("--data-dir", default=None, help="holds synthetic/{train,test}.parquet (default: <workdir>/data)")
     parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", DEFAULT_STEPS)))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 0)),
+                        help="the tiny model's initialisation, its warm start and RL (data order, sampling)")
+    parser.add_argument("--run-name", default=None, help="metrics and log name (default: <method>, _seed<N> added)")
     parser.add_argument("--no-warm-start", action="store_true",
                         help="train the random tiny model itself (its reward is 0: nothing to learn from)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for verl's trainer")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --seed may follow the Hydra overrides
 
-    from verl_ext.tiny_model import build_tiny_qwen3vl, build_warm_start
+    from verl_ext.tiny_model import build_tiny_qwen3vl
+    from verl_ext.warm_start import build_warm_start
 
     workdir = Path(args.workdir).resolve()
     data_dir = Path(args.data_dir or workdir / "data")
     for split in ("train", "test"):
         if not (data_dir / "synthetic" / f"{split}.parquet").is_file():
             raise FileNotFoundError(f"{data_dir / 'synthetic' / f'{split}.parquet'} is missing (build_parquet.py synthetic)")
+    run_name = args.run_name or (args.method if args.seed == 0 else f"{args.method}_seed{args.seed}")
     if args.model_dir:
         model_dir = Path(args.model_dir)
     else:
-        model_dir = build_tiny_qwen3vl(workdir / "tiny_qwen3vl")
+        base_dir, warm = seed_dirs(workdir, args.seed)
+        model_dir = build_tiny_qwen3vl(base_dir, seed=args.seed)
         if not args.no_warm_start:
-            warm = workdir / "tiny_qwen3vl_warm"
-            if not (warm / "warm_start.json").is_file():
-                print(f"warm start: supervised pass over the reference traces -> {warm} (once, cached)")
-            model_dir = build_warm_start(model_dir, data_dir / "synthetic" / "train.parquet", warm)
-    print(f"[{args.method}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (args.method + '.log')}")
+            print(f"warm start (seed {args.seed}): {warm} (built once, then reused)")
+            model_dir = build_warm_start(model_dir, data_dir / "synthetic" / "train.parquet", warm, seed=args.seed,
+                                         val_parquet=data_dir / "synthetic" / "test.parquet")
+            for line in warm_start_lines(warm):
+                print(line)
+    print(f"[{run_name}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (run_name + '.log')}")
     start = time.time()
-    rollouts = workdir / "rollouts" / args.method
+    rollouts = workdir / "rollouts" / run_name
     metrics_path, ckpt = run_training(
-        args.method, workdir, model_dir, data_dir, args.steps,
+        args.method, workdir, model_dir, data_dir, args.steps, run_name=run_name,
         extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}",
-               f"trainer.rollout_data_dir={rollouts}", *args.overrides],
+               f"trainer.rollout_data_dir={rollouts}", *seed_overrides(args.seed), *args.overrides],
     )  # fmt: skip
     metrics = read_metrics(metrics_path)
     for step, acc in rollout_accuracy(rollouts).items():
         if step in metrics:
             metrics[step]["rollout/acc"] = acc
     print(format_table(metrics))
-    print(f"\nsummary [{args.method}]: {args.steps} steps in {time.time() - start:.0f} s (Ray start and model load included)")
+    print(f"\nsummary [{run_name}]: {args.steps} steps in {time.time() - start:.0f} s (Ray start and model load included)")
     print(f"  seconds per step (after the first): {mean_step_seconds(train_steps(metrics)):.2f}")
     for line in start_end_lines(metrics):
         print(f"  {line}")

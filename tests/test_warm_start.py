@@ -1,0 +1,111 @@
+"""The warm start's training examples: the taught task's reference traces, the gap task's fair draws, and the
+teacher-layout rows, whose prompt must be token for token the prompt the trainer's teacher pass builds."""
+
+from __future__ import annotations
+
+import collections
+import random
+import re
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from verl_ext.warm_start import GAP_THOUGHT, TEACHER_HINTS, WarmData, passes, PROBE_BAR
+
+
+@pytest.fixture(scope="module")
+def data(tiny_model_dir, synthetic_data_dir):
+    from transformers import AutoProcessor
+
+    rows = pq.read_table(str(synthetic_data_dir / "synthetic" / "train.parquet")).slice(0, 8).to_pylist()
+    return WarmData(rows, AutoProcessor.from_pretrained(str(tiny_model_dir)), gap_task="more")
+
+
+def _tasks(data):
+    return {t: [i for i, r in enumerate(data.rows) if data.task(r) == t] for t in ("colour", "more")}
+
+
+def test_taught_task_targets_are_the_reference_traces(data):
+    rng = random.Random(0)
+    for i in _tasks(data)["colour"]:
+        trace = data.rows[i]["extra_info"]["qwen3vl_235b_thinking_response"]
+        assert data.student_target(i, rng) == trace
+        assert trace.startswith("<thought>a ") and trace.endswith(f"<answer> {data.truth(data.rows[i])}</answer>")
+
+
+def test_gap_task_answers_are_fair_draws_independent_of_the_image(data):
+    """Each use of a gap-task row draws yes or no afresh: over 2,000 draws per row both answers appear, each within
+    5 binomial standard deviations of 1/2 (sd = sqrt(2000 / 4) = 22.4), and the thought never names a count."""
+    rng = random.Random(1)
+    assert data.answers["more"] == ["no", "yes"]
+    for i in _tasks(data)["more"]:
+        counts = collections.Counter(data.student_target(i, rng) for _ in range(2000))
+        assert set(counts) == {f"<thought>{GAP_THOUGHT}</thought><answer> {a}</answer>" for a in ("yes", "no")}
+        assert all(abs(c - 1000) <= 5 * 22.4 for c in counts.values())
+        # the teacher-layout target of the same row is its true answer
+        assert data.true_trace(i) == f"<thought>{GAP_THOUGHT}</thought><answer> {data.truth(data.rows[i])}</answer>"
+
+
+@pytest.mark.parametrize("hint", ["answer", "reference"])
+def test_teacher_layout_prompt_is_the_trainers_teacher_prompt(data, hint):
+    """The warm start's teacher-layout prompt (processor on the rendered text) equals, token for token, the prompt
+    the trainer's teacher pass builds for the same row (PrivilegedPromptBuilder.build on the student's inputs)."""
+    from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
+
+    builder = PrivilegedPromptBuilder(data.tok, data.processor, TeacherConfig.resolve({"hint": hint}, "rlsd"))
+    for i, row in enumerate(data.rows):
+        student = data.prompt(i, row["prompt"][0]["content"])
+        mm = {"pixel_values": student["pixel_values"], "image_grid_thw": student["image_grid_thw"]}
+        sample = StudentSample(messages=[{"role": "user", "content": row["prompt"][0]["content"]}],
+                               prompt_ids=student["input_ids"].tolist(), response_ids=[1, 2], multi_modal_inputs=mm,
+                               ground_truth=row["reward_model"]["ground_truth"], extra_info=row["extra_info"])
+        built = builder.build([sample])[0][0]
+        content = data.teacher_content(i, hint, random.Random(0))
+        assert data.prompt(i, content)["input_ids"].tolist() == built.prompt_ids.tolist()
+        text = data.tok.decode(built.prompt_ids.tolist())
+        expected = data.truth(row) if hint == "answer" else row["extra_info"]["qwen3vl_235b_thinking_response"]
+        assert f"Here is a reference solution:\n{expected}\n" in text
+
+
+def test_sibling_layout_and_draw_mix(data):
+    """Sibling rows use SDPO's template with the true trace as the correct solution; draw() mixes the layouts in
+    the given proportion and always trains the teacher layout towards the true trace."""
+    rng = random.Random(2)
+    i = _tasks(data)["more"][0]
+    content = data.teacher_content(i, "sibling", rng)
+    assert content.startswith("Problem:\n")
+    assert re.search(r"Correct solution:\s*" + re.escape(data.true_trace(i)) + r"\s*The following is feedback", content)
+    student_len = len(data.prompt(i, data.rows[i]["prompt"][0]["content"])["input_ids"])
+    kinds = collections.Counter()
+    for _ in range(400):
+        ex = data.draw(i, rng, teacher_frac=0.5)
+        teacher = ex["n_prompt"] != student_len
+        kinds[teacher] += 1
+        target = data.tok.decode(ex["input_ids"][ex["n_prompt"]:].tolist())
+        if teacher:
+            assert target == data.true_trace(i) + data.tok.eos_token
+    assert abs(kinds[True] - 200) <= 5 * 10  # binomial sd sqrt(400 / 4) = 10
+    assert TEACHER_HINTS == ("answer", "reference", "sibling")
+
+
+def test_probe_bar():
+    ok = {k: v for k, v in PROBE_BAR.items()}
+    assert passes(ok)
+    for key in PROBE_BAR:
+        assert not passes({**ok, key: PROBE_BAR[key] - 0.01})
+
+
+def test_tiny_model_seed_changes_the_weights_and_is_cached(tmp_path):
+    from safetensors.torch import load_file
+
+    from verl_ext.tiny_model import build_tiny_qwen3vl
+
+    a, b = build_tiny_qwen3vl(tmp_path / "a", seed=0), build_tiny_qwen3vl(tmp_path / "b", seed=1)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(wa[key], wb[key])
+    before = (a / "model.safetensors").stat().st_mtime_ns
+    assert build_tiny_qwen3vl(tmp_path / "a", seed=0) == a and (a / "model.safetensors").stat().st_mtime_ns == before
+    build_tiny_qwen3vl(tmp_path / "a", seed=1)  # another seed in the same place: rebuilt
+    assert torch.equal(load_file(str(a / "model.safetensors"))[key], wb[key])

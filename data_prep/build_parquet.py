@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from tqdm import tqdm  # noqa: E402
 
 from data_prep.common import (  # noqa: E402
-    TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema,
+    TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema, templating,
 )
 from data_prep.converters import DATASETS  # noqa: E402
 from data_prep.sources import SourceError, SourceRowError  # noqa: E402
@@ -138,7 +138,7 @@ def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> 
         sample = conv.convert(raw, row_id, job)
         return build_row(sample, data_source=conv.name, ability=conv.ability, split=split, index=index,
                          renderer=renderer, image_opts=image_opts, with_trace=conv.with_trace)
-    except BadRow:
+    except (BadRow, templating.TemplateError):  # a template the sandbox refuses is no row's fault
         raise
     except Exception as e:  # an unexpected value type in a column is still a row error
         raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
@@ -344,9 +344,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         summary = build(args)
-    except (BadRow, SourceError, FileNotFoundError) as e:
+    except (BadRow, SourceError, FileNotFoundError, templating.TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output folder: read-only, not a folder, disk full (no partial file is left)
+        print(f"error: cannot write under --out-dir {args.out_dir}: {e.strerror or e}"
+              f"{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     for rec in summary:
         if rec.get("count_mismatch"):

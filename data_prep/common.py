@@ -14,9 +14,27 @@ from pathlib import Path
 from typing import Any
 import zipfile
 
-import jinja2
 import pyarrow as pa
 from PIL import Image
+
+
+def _load_templating():
+    """``verl_ext/templating.py`` (the sandboxed Jinja renderer), loaded by file: importing the
+    ``verl_ext`` package would import verl and torch."""
+    import importlib.util
+    import sys
+
+    name = "_rlsd_templating"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "verl_ext" / "templating.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+templating = _load_templating()
 
 
 # The four problem types of the row contract (the reward routes on them: verl_ext.reward.grading).
@@ -244,16 +262,15 @@ class PromptRenderer:
         path = Path(template_path or DEFAULT_TEMPLATE)
         if not path.is_file():
             raise FileNotFoundError(f"prompt template not found: {path}")
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-        self.template = env.from_string(path.read_text(encoding="utf-8"))
+        self.template = templating.compile_template(path.read_text(encoding="utf-8"), str(path))
         self.path = path
 
     def render(self, question: str, problem_type: str, options: list[str]) -> str:
         # ``problem``/``content``: the names the released template reads the question under; it
         # also reads the released spelling of the type ("open-ended")
-        return self.template.render(question=question, problem=question, content=question,
-                                    problem_type=RELEASED_SPELLING.get(problem_type, problem_type),
-                                    options=options, letters=LETTERS).strip()
+        return templating.render(self.template, str(self.path), question=question, problem=question,
+                                 content=question, problem_type=RELEASED_SPELLING.get(problem_type, problem_type),
+                                 options=options, letters=LETTERS).strip()
 
 
 def clean_answer_text(answer: Any) -> str:

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from tqdm import tqdm  # noqa: E402
 
 from data_prep.common import (  # noqa: E402
-    TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema, templating,
+    DEFAULT_MAX_IMAGE_BYTES, TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema, templating,
 )
 from data_prep.converters import DATASETS  # noqa: E402
 from data_prep.sources import SourceError, SourceRowError  # noqa: E402
@@ -81,6 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "data.max_prompt_length; verl would drop them later)")
     p.add_argument("--prompt-template", default=None, help="Jinja student prompt template "
                                                            "(default: data_prep/templates/student_prompt.jinja)")
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="also allow image paths inside DIR (repeatable); by default an image path must "
+                        "resolve inside the folder of the file that names it (or its zip)")
+    p.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                   help="largest image a row may store, and largest zip member read, in bytes "
+                        f"(default {DEFAULT_MAX_IMAGE_BYTES}, 32 MiB); a larger one is a bad row")
     p.add_argument("--val-size", type=int, default=0,
                    help="train: hold out N rows (chosen by --seed) as the 'val' split")
     p.add_argument("--skip-bad", action="store_true",
@@ -99,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("synthetic is generated and takes no --source")
         setattr(args, f"{names[0]}_source", args.source)
     args.names = names
-    for flag in ("limit", "shard_size", "min_pixels", "max_pixels"):
+    for flag in ("limit", "shard_size", "min_pixels", "max_pixels", "max_image_bytes"):
         v = getattr(args, flag)
         if v is not None and v <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive")
@@ -118,6 +124,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--max-prompt-tokens must be positive")
     if args.val_size < 0:
         p.error("--val-size must be >= 0")
+    for d in args.image_root:
+        if not os.path.isdir(d):
+            p.error(f"--image-root {d}: not a folder")
+    args.image_root = tuple(os.path.realpath(d) for d in args.image_root)
     return args
 
 
@@ -150,8 +160,10 @@ class RowWork:
     the writer's side, which alone knows how many rows each split has so far."""
 
     def __init__(self, name: str, job, template: str | None, min_px, max_px, resize: bool,
-                 max_prompt_tokens: int, skip_bad: bool):
+                 max_prompt_tokens: int, skip_bad: bool, image_roots: tuple[str, ...] = (),
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         self.name, self.job, self.skip_bad = name, job, skip_bad
+        self.image_roots, self.max_image_bytes = image_roots, max_image_bytes
         self.conv = DATASETS[name]
         self.renderer = PromptRenderer(template or self.conv.prompt_template)
         self.clamp = (min_px, max_px, resize)
@@ -162,18 +174,19 @@ class RowWork:
         for pos, split, base_dir, raw in items:
             row_id = raw.where if isinstance(raw, SourceRowError) else self.conv.row_id(raw, pos, self.job)
             over = False
+            opts = ImageOptions(self.clamp[0], self.clamp[1], base_dir, self.clamp[2], self.image_roots,
+                                self.max_image_bytes)
             try:
-                row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer,
-                                   ImageOptions(self.clamp[0], self.clamp[1], base_dir, self.clamp[2]))
+                row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer, opts)
                 n_tok = self.budget.over(row)
                 over = n_tok is not None
                 if over and self.skip_bad:
                     raise BadRow("prompt", f"prompt of about {n_tok} tokens (text and images) is over "
                                            f"--max-prompt-tokens {self.budget.max_tokens}")
             except BadRow as e:
-                out.append((split, None, e.locate(self.name, split, row_id), over))
+                out.append((split, None, e.locate(self.name, split, row_id), over, []))
             else:
-                out.append((split, row, None, over))
+                out.append((split, row, None, over, opts.notes))
         return out
 
 
@@ -248,7 +261,7 @@ def _convert_split(name, conv, job, args, out_root, summary):
         {"rlsd_verl.images": json.dumps(image_meta), "rlsd_verl.max_prompt_tokens": str(args.max_prompt_tokens)})
     out_dir = out_root / name
     spec = (name, job, args.prompt_template, min_px, max_px, args.resize_images, args.max_prompt_tokens,
-            args.skip_bad)
+            args.skip_bad, args.image_root, args.max_image_bytes)
 
     def chunks():
         buf = []
@@ -269,17 +282,20 @@ def _convert_split(name, conv, job, args, out_root, summary):
         stack.callback(lambda: [r.abort() for r in rejects.values()])  # no-op after commit
         no_trace = {s: 0 for s in splits}
         over_budget = {s: 0 for s in splits}
+        conversions = {s: {} for s in splits}
         bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
                                        disable=args.quiet, file=sys.stderr))
         results = stack.enter_context(closing(_ordered_map(spec, chunks(), args.workers)))
         for done in results:
-            for split, row, err, over in done:
+            for split, row, err, over, notes in done:
                 over_budget[split] += over
                 if err is not None:
                     if not args.skip_bad:
                         raise err
                     rejects[split].add(err)
                 else:
+                    for note in notes:
+                        conversions[split][note] = conversions[split].get(note, 0) + 1
                     row["extra_info"]["index"] = writers[split].rows
                     if conv.with_trace and not row["extra_info"][TRACE_FIELD]:
                         no_trace[split] += 1
@@ -297,6 +313,7 @@ def _convert_split(name, conv, job, args, out_root, summary):
                             "expected_rows": expected, "rows_read": read,
                             "count_mismatch": bool(expected is not None and args.limit is None and read != expected),
                             "over_prompt_budget": over_budget[s], "max_prompt_tokens": args.max_prompt_tokens,
+                            "conversions": dict(sorted(conversions[s].items())),
                             "workers": args.workers, **image_meta})
 
 
@@ -328,6 +345,8 @@ def format_summary(summary: list[dict]) -> str:
         if rec.get("over_prompt_budget"):
             lines.append(f"{'':<4}{rec['over_prompt_budget']} row(s) with a prompt over {rec['max_prompt_tokens']} "
                          "tokens (verl's filter_overlong_prompts drops them; --skip-bad rejects them here)")
+        for note, n in rec.get("conversions", {}).items():
+            lines.append(f"{'':<4}converted {n:>5}  {note}")
         for reason, n in rec["reasons"].items():
             lines.append(f"{'':<4}rejected {n:>6}  {reason}")
         if rec["rejects_file"]:

@@ -97,3 +97,166 @@ def test_released_and_builtin_templates_render_unchanged_in_the_sandbox():
     teacher = load_template("teacher").render(question=" Q ", hint=" H ", format_instruction="F")
     assert teacher == ("Q\n\nHere is a reference solution:\nH\n\nAfter understanding the reference solution, please "
                        "try to solve this problem using your own approach below. F")
+
+
+# ---------------------------------------------------------------- image paths, sizes, hidden data
+
+
+def _build(out, *argv):
+    from data_prep.build_parquet import build, parse_args
+
+    return build(parse_args([*argv, "--no-pixel-clamp", "--out-dir", str(out), "--quiet"]))
+
+
+def _paper_row(i, images):
+    return {"id": f"r{i}", "problem": "<image> " * len(images) + f"q{i}", "answer": str(i), "images": images,
+            "problem_type": "math", "qwen3vl_235b_thinking_response": "t"}
+
+
+def _jsonl(root: Path, rows):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _bad_row(tmp_path, rows, *extra):
+    from data_prep.common import BadRow
+
+    src = tmp_path / "src"
+    _jsonl(src, rows)
+    with pytest.raises(BadRow) as ei:
+        _build(tmp_path / "out", "train", "--source", str(src), *extra)
+    assert not list((tmp_path / "out").rglob("*.parquet"))
+    return ei.value
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A secret image outside the data folder, and the data folder with one good image."""
+    from fixtures import data_layouts as L
+
+    secret = L.save_png(tmp_path / "secret", "x.png", 7)
+    L.save_png(tmp_path / "src", "imgs/ok.png", 1)
+    return secret
+
+
+@pytest.mark.parametrize("path", ["../secret/x.png", "imgs/../../secret/x.png", "ABS"])
+def test_image_path_outside_the_data_folder_is_a_row_error(tmp_path, outside, path):
+    path = str(tmp_path / "secret" / "x.png") if path == "ABS" else path
+    err = _bad_row(tmp_path, [_paper_row(0, ["imgs/ok.png"]), _paper_row(1, [path])])
+    assert err.row_id == "r1" and err.field == "images[0]" and "outside the data folder" in str(err)
+
+
+def test_image_root_option_allows_another_folder(tmp_path, outside):
+    src = tmp_path / "src"
+    _jsonl(src, [_paper_row(0, [str(tmp_path / "secret" / "x.png")])])
+    _build(tmp_path / "out", "train", "--source", str(src), "--image-root", str(tmp_path / "secret"))
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()[0]["images"][0]["bytes"] == outside
+
+
+def test_symlink_out_of_the_data_folder_is_refused(tmp_path, outside):
+    (tmp_path / "src" / "imgs" / "link.png").symlink_to(tmp_path / "secret" / "x.png")
+    err = _bad_row(tmp_path, [_paper_row(0, ["imgs/link.png"])])
+    assert "outside the data folder" in str(err)
+
+
+def test_outside_path_error_does_not_tell_whether_the_file_exists(tmp_path, outside):
+    a = _bad_row(tmp_path, [_paper_row(0, ["/etc/passwd"])])
+    b = _bad_row(tmp_path, [_paper_row(0, ["/etc/no-such-file-here"])])
+    assert a.reason.replace("/etc/passwd", "P") == b.reason.replace("/etc/no-such-file-here", "P")
+
+
+def _zip_with(path: Path, member: str, head: bytes, zeros: int):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(member, "w", force_zip64=True) as f:
+        f.write(head)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            f.write(block)
+
+
+def _peak_rss_mib(tmp_path, src: Path, *extra) -> tuple[int, str, float]:
+    """build_parquet in a child process: (exit code, stderr, peak resident memory in MiB)."""
+    code = ("import resource, sys, runpy; sys.argv = sys.argv[1:]\n"
+            "try:\n runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e: rc = e.code\n"
+            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "data_prep/build_parquet.py", "train", "--source", str(src),
+                           "--out-dir", str(tmp_path / "o"), "--quiet", "--no-pixel-clamp", *extra],
+                          cwd=ROOT, capture_output=True, text=True)
+    rss = int(proc.stderr.rsplit("RSS", 1)[1].split()[0]) / 1024
+    return proc.returncode, proc.stderr, rss
+
+
+def test_zip_member_over_the_cap_is_refused_with_bounded_memory(tmp_path):
+    """A 512 MiB member (a PNG then zeros) compresses to about half a megabyte. It is a row error and
+    the conversion never holds it: the peak memory stays within that of converting a good zip plus a
+    few copies of the cap, far below the member's size."""
+    from fixtures import data_layouts as L
+
+    good, bomb = tmp_path / "good", tmp_path / "bomb"
+    for root, zeros in ((good, 0), (bomb, 512 << 20)):
+        root.mkdir()
+        _zip_with(root / "imgs.zip", "imgs/x.png", L.png(3), zeros)
+        _jsonl(root, [_paper_row(0, ["imgs/x.png"])])
+    assert (bomb / "imgs.zip").stat().st_size < 2 << 20
+    cap = 8 << 20
+    rc0, err0, base = _peak_rss_mib(tmp_path, good, "--max-image-bytes", str(cap))
+    assert rc0 == 0, err0
+    rc, err, peak = _peak_rss_mib(tmp_path, bomb, "--max-image-bytes", str(cap))
+    assert rc == 2 and "images[0]" in err and "over the 8388608-byte image limit" in err
+    assert peak - base < 3 * (cap >> 20) + 16, (base, peak)  # cap read + its bytes copy, plus slack
+
+
+def test_image_over_the_cap_is_a_row_error(tmp_path):
+    from fixtures import data_layouts as L
+
+    L.save_png(tmp_path / "src", "imgs/ok.png", 1)
+    err = _bad_row(tmp_path, [_paper_row(0, ["imgs/ok.png"])], "--max-image-bytes", "10")
+    assert err.field == "images[0]" and "over the 10-byte image limit" in str(err)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_bytes_after_the_image_end_are_a_row_error(tmp_path, fmt):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (10, 20, 30)).save(buf, format=fmt)
+    clean = buf.getvalue()
+    (tmp_path / "src" / "imgs").mkdir(parents=True)
+    (tmp_path / "src/imgs/clean").write_bytes(clean)
+    (tmp_path / "src/imgs/x").write_bytes(clean + b"hidden payload")
+    _jsonl(tmp_path / "src", [_paper_row(0, ["imgs/clean"])])
+    _build(tmp_path / "out_ok", "train", "--source", str(tmp_path / "src"))  # the clean image passes
+    err = _bad_row(tmp_path, [_paper_row(0, ["imgs/x"])])
+    assert err.field == "images[0]" and f"14 byte(s) after the end of the {fmt} image" in str(err)
+
+
+def test_16_bit_and_animated_images_are_converted_and_counted(tmp_path):
+    """A 16-bit grey PNG would load almost all white through verl's loader (RGB conversion clips at
+    255): it is stored scaled to 8 bits (value >> 8). An animated GIF is stored as its first frame."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from qwen_vl_utils import fetch_image
+
+    src = tmp_path / "src"
+    (src / "imgs").mkdir(parents=True)
+    grey = np.full((32, 32), 20000, dtype=np.uint16)
+    Image.fromarray(grey).save(src / "imgs/deep.png")
+    frames = [Image.new("RGB", (32, 32), c) for c in ((200, 0, 0), (0, 200, 0))]
+    frames[0].save(src / "imgs/anim.gif", save_all=True, append_images=frames[1:])
+    _jsonl(src, [_paper_row(0, ["imgs/deep.png"]), _paper_row(1, ["imgs/anim.gif"])])
+    summary = _build(tmp_path / "out", "train", "--source", str(src))
+    assert summary[0]["conversions"] == {"16-bit image scaled to 8 bits": 1, "animated image: first frame kept": 1}
+    rows = pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()
+    deep = np.asarray(fetch_image({"image": Image.open(io.BytesIO(rows[0]["images"][0]["bytes"]))}))
+    assert (deep == 20000 >> 8).all()  # 78, not 255
+    anim = Image.open(io.BytesIO(rows[1]["images"][0]["bytes"]))
+    assert getattr(anim, "n_frames", 1) == 1 and anim.convert("RGB").getpixel((5, 5))[0] > 150

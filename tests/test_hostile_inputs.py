@@ -260,3 +260,165 @@ def test_16_bit_and_animated_images_are_converted_and_counted(tmp_path):
     assert (deep == 20000 >> 8).all()  # 78, not 255
     anim = Image.open(io.BytesIO(rows[1]["images"][0]["bytes"]))
     assert getattr(anim, "n_frames", 1) == 1 and anim.convert("RGB").getpixel((5, 5))[0] > 150
+
+
+# ---------------------------------------------------------------- the evaluation command
+
+
+@pytest.fixture
+def eval_cli(capsys):
+    """The command's entry point in this process: (exit code, stderr). Usage errors exit through
+    argparse (SystemExit 2); data errors return 1 with a message, never a traceback."""
+    from verl_ext.eval.__main__ import cli
+
+    def call(*argv):
+        try:
+            rc = cli([str(a) for a in argv])
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err[-3000:]
+        return rc, err
+    return call
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    from test_eval_command import make_fixtures
+
+    d = tmp_path_factory.mktemp("bench")
+    make_fixtures(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from verl_ext.tiny_model import build_tiny_qwen3vl
+
+    return build_tiny_qwen3vl(tmp_path_factory.mktemp("tiny") / "model")
+
+
+FAST = ["--backend", "hf", "--set", "max_new_tokens=2", "--set", "min_pixels=1024", "--set", "max_pixels=4096"]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("unknown_benchmark", "unknown benchmark(s) nosuch"),
+    ("missing_data_dir", "--data-dir"),
+    ("missing_model", "no such directory"),
+    ("model_is_a_file", "is a file"),
+    ("bad_set_value", "protocol field 'temperature' must be a number"),
+    ("bad_set_syntax", "--set expects KEY=VALUE"),
+    ("unknown_set_field", "unknown protocol field 'temprature'"),
+    ("missing_split", "no split nosuch"),
+])
+def test_eval_usage_errors_exit_2_before_anything_loads(tmp_path, eval_data, eval_cli, case, words):
+    model = tmp_path / "model"
+    model.mkdir()  # an empty folder: anything that tried to load it would fail differently
+    args = {"--model": model, "--data-dir": eval_data, "--out-dir": tmp_path / "out", "--benchmarks": "mmmu"}
+    extra = []
+    if case == "unknown_benchmark":
+        args["--benchmarks"] = "mmmu,nosuch"
+    elif case == "missing_data_dir":
+        args["--data-dir"] = tmp_path / "nodata"
+    elif case == "missing_model":
+        args["--model"] = tmp_path / "nomodel"
+    elif case == "model_is_a_file":
+        (tmp_path / "weights.pt").write_bytes(b"x")
+        args["--model"] = tmp_path / "weights.pt"
+    elif case == "bad_set_value":
+        extra = ["--set", "temperature=abc"]
+    elif case == "bad_set_syntax":
+        extra = ["--set", "temperature"]
+    elif case == "unknown_set_field":
+        extra = ["--set", "temprature=1"]
+    elif case == "missing_split":
+        extra = ["--split", "mmmu=nosuch"]  # the folder has only 'validation': never evaluated instead
+    rc, err = eval_cli(*[x for kv in args.items() for x in kv], *extra)
+    assert rc == 2 and words in err, err
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_eval_bad_set_value_leaves_the_out_dir_usable(tmp_path, eval_data, tiny_model, eval_cli):
+    """``temperature=abc`` stops before the model loads and writes no run.json; the corrected command
+    then runs in the same folder."""
+    base = ["--model", tiny_model, "--data-dir", eval_data, "--out-dir", tmp_path / "out", "--benchmarks", "mathvista",
+            "--limit", "1", *FAST]
+    rc, err = eval_cli(*base, "--set", "temperature=abc")
+    assert rc == 2 and not (tmp_path / "out" / "run.json").exists()
+    rc, err = eval_cli(*base)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model"] == str(tiny_model)
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("run_json", "run.json: damaged"),
+    ("samples_bad_line", "samples.jsonl line 1: not valid JSON"),
+    ("samples_no_response", "samples.jsonl line 1: field 'response' is missing"),
+    ("samples_not_object", "samples.jsonl line 1: expected a JSON object"),
+])
+def test_eval_damaged_resume_state_names_file_line_and_recovery(tmp_path, eval_data, tiny_model, eval_cli, damage,
+                                                                  words):
+    base = ["--model", tiny_model, "--data-dir", eval_data, "--out-dir", tmp_path / "out", "--benchmarks", "mathvista",
+            "--limit", "2", *FAST]
+    rc, err = eval_cli(*base)
+    assert rc == 0, err
+    out = tmp_path / "out"
+    samples = out / "mathvista" / "samples.jsonl"
+    lines = samples.read_text().splitlines(keepends=True)
+    if damage == "run_json":
+        (out / "run.json").write_text('{"model": "x"')  # truncated
+    elif damage == "samples_bad_line":
+        samples.write_text("{oops\n" + "".join(lines[1:]))
+    elif damage == "samples_no_response":
+        rec = json.loads(lines[0])
+        del rec["response"]
+        samples.write_text(json.dumps(rec) + "\n" + "".join(lines[1:]))
+    else:
+        samples.write_text("[1, 2]\n" + "".join(lines[1:]))
+    rc, err = eval_cli(*base)
+    assert rc == 1 and words in err and ("delete" in err), err
+
+
+def _tiny_verl_checkpoint(tmp_path, tiny_model):
+    from test_eval_checkpoint import SAVE, free_port
+
+    step = tmp_path / "global_step_1"
+    proc = subprocess.run([sys.executable, "-c", SAVE, str(tiny_model), str(step / "actor"), str(free_port())],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return step
+
+
+def test_crafted_checkpoint_shard_is_refused_and_runs_nothing(tmp_path, tiny_model):
+    """A verl checkpoint whose shard is a pickle calling os.system: refused with a message naming
+    --trust-checkpoint, and the command never ran. A real verl checkpoint merges weights-only."""
+    import torch
+
+    from verl_ext.eval.checkpoint import CheckpointRefused, resolve_model
+
+    good = _tiny_verl_checkpoint(tmp_path, tiny_model)
+    assert (Path(resolve_model(str(good), tmp_path / "merged")) / "config.json").is_file()
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil" / "actor"
+    evil.mkdir(parents=True)
+    (evil / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
+    torch.save({"model.w": torch.zeros(2), "x": Payload()}, evil / "model_world_size_1_rank_0.pt")
+    import shutil
+
+    shutil.copytree(good / "actor" / "huggingface", evil / "huggingface")
+    with pytest.raises(CheckpointRefused, match=r"--trust-checkpoint.*|posix.system"):
+        resolve_model(str(evil.parent), tmp_path / "merged_evil")
+    assert not marker.exists()
+    # the command line says the same, exit 1, without a traceback
+    proc = subprocess.run([sys.executable, "-m", "verl_ext.eval", "--model", str(evil.parent), "--data-dir",
+                           str(tmp_path), "--out-dir", str(tmp_path / "o"), "--benchmarks", "mmmu", "--backend", "hf"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    rc, err = proc.returncode, proc.stderr
+    assert "Traceback" not in err
+    assert rc == 1 and "--trust-checkpoint" in err and "posix.system" in err and not marker.exists()

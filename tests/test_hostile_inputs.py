@@ -422,3 +422,53 @@ def test_crafted_checkpoint_shard_is_refused_and_runs_nothing(tmp_path, tiny_mod
     rc, err = proc.returncode, proc.stderr
     assert "Traceback" not in err
     assert rc == 1 and "--trust-checkpoint" in err and "posix.system" in err and not marker.exists()
+
+
+# ---------------------------------------------------------------- the released reward: same rules, linear cost
+
+
+def _fuzz_texts(seed=0, n=3000):
+    """Short random strings over the alphabet the released rules look at (tags in any case,
+    whitespace, braces), so that every branch of their regular expressions is exercised."""
+    import random
+
+    rng = random.Random(seed)
+    atoms = ["<answer>", "</answer>", "<ANSWER>", "</Answer>", "<thought>", "</thought>", "< answer >", "</ answer>",
+             " ", "  ", "\n", "\t", "<", ">", "/", "x", "42", "\\text{", "\\mbox{", "}", "{", "\\text{ a }", "ſ", "K"]
+    return [''.join(rng.choice(atoms) for _ in range(rng.randint(0, 14))) for _ in range(n)]
+
+
+def test_released_scans_equal_the_released_regular_expressions():
+    """The released rules are regular expressions with quadratic backtracking; the linear scans that
+    replace them must give the same result on every input (the expressions are the reference)."""
+    import re
+
+    from verl_ext.reward import released as R
+
+    tag_space = re.compile(r"\s*(<|>|/)\s*")
+    first = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+    fmt = re.compile(r"<thought>.*</thought>.*<answer>.*</answer>", re.DOTALL)
+    text_cmd, mbox_cmd = re.compile(r"\\text\{\s*[^}]*\s*\}"), re.compile(r"\\mbox\{\s*[^}]*\s*\}")
+    for t in _fuzz_texts():
+        assert R.normalize_response(t) == tag_space.sub(r"\1", t), repr(t)
+        m = first.search(t)
+        assert R.first_answer(t) == (m.group(1) if m else None), repr(t)
+        assert R.format_ok(t) == bool(fmt.fullmatch(t)), repr(t)
+        assert R._drop_commands(R._drop_commands(t, "\\text{"), "\\mbox{") == mbox_cmd.sub("", text_cmd.sub("", t)), repr(t)
+    # the shapes the format rule cares about, written out
+    assert R.format_ok("<thought>a</thought>b<answer>c</answer>") and R.format_ok("<thought></thought><answer></answer>")
+    assert not R.format_ok("<thought></thought></answer>") and not R.format_ok("<thought><answer></thought></answer>")
+
+
+def test_released_rouge_is_rouge_score_unchanged():
+    from rouge_score import rouge_scorer
+
+    from verl_ext.reward.released import rouge_mean_f1
+
+    stock = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    pairs = [("the cats are running quickly", "a cat runs quick"), ("generalization", "generalize generally"),
+             ("", "x"), ("Running, jumped; happily!", "runs jumping happy")]
+    for ref, hyp in pairs:
+        s = stock.score(ref, hyp)
+        want = (s["rouge1"].fmeasure + s["rouge2"].fmeasure + s["rougeL"].fmeasure) / 3
+        assert rouge_mean_f1(ref, hyp) == want

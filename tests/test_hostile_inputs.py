@@ -472,3 +472,19 @@ def test_released_rouge_is_rouge_score_unchanged():
         s = stock.score(ref, hyp)
         want = (s["rouge1"].fmeasure + s["rouge2"].fmeasure + s["rougeL"].fmeasure) / 3
         assert rouge_mean_f1(ref, hyp) == want
+
+
+# ---------------------------------------------------------------- the CPU quickstart's arguments
+
+
+@pytest.mark.parametrize("env, argv, words", [
+    ({}, ["bogus"], "'bogus' is neither a method nor key=value"),
+    ({}, ["rlsd", "bogus"], "'bogus' is neither a method nor key=value"),
+    ({"STEPS": "abc"}, [], "STEPS must be a positive integer, got 'abc'"),
+    ({"STEPS": "0"}, ["grpo"], "STEPS must be a positive integer, got '0'"),
+])
+def test_quickstart_usage_errors_stop_before_any_work(env, argv, words):
+    proc = subprocess.run(["bash", "examples/quickstart_cpu.sh", *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "warm start" not in proc.stdout and "build" not in proc.stdout

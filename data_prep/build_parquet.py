@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import random
 import sys
+import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, closing
@@ -361,12 +362,28 @@ def format_summary(summary: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # an unusable output folder is a usage error, found before any data is read
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out_dir):
+            pass
+    except OSError as e:
+        print(f"error: --out-dir {args.out_dir}: cannot write there ({e.strerror or e})", file=sys.stderr)
+        return 2
     try:
-        summary = build(args)
-    except (BadRow, SourceError, FileNotFoundError, templating.TemplateError) as e:
+        PromptRenderer(args.prompt_template)
+    except (FileNotFoundError, templating.TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the output folder: read-only, not a folder, disk full (no partial file is left)
+    try:
+        summary = build(args)
+    except (BadRow, SourceError, templating.TemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is not None and not os.path.abspath(str(e.filename)).startswith(os.path.abspath(args.out_dir)):
+            print(f"error: {e}", file=sys.stderr)  # an input file (template, source) that cannot be read
+            return 2
+        # writing failed midway, e.g. a full disk (no partial file is left)
         print(f"error: cannot write under --out-dir {args.out_dir}: {e.strerror or e}"
               f"{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
         return 1

@@ -488,3 +488,36 @@ def test_quickstart_usage_errors_stop_before_any_work(env, argv, words):
                           env={**os.environ, **env}, timeout=600)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "warm start" not in proc.stdout and "build" not in proc.stdout
+
+
+# ---------------------------------------------------------------- build_parquet's command line
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "unwritable"])
+def test_build_parquet_unusable_out_dir_is_a_message(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    out = {"file": tmp_path / "f", "under_a_file": tmp_path / "f" / "sub", "unwritable": Path("/proc/self/nope")}[where]
+    proc = subprocess.run([sys.executable, "data_prep/build_parquet.py", "synthetic", "--out-dir", str(out), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"--out-dir {out}: cannot write there" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_build_parquet_write_failure_midway_is_a_message(tmp_path):
+    """A write that fails midway (a full disk; here the file-size limit of the process, which makes
+    the kernel refuse the write the same way) ends with a message naming the output folder, exit 1,
+    no traceback, and no finished or temporary file left."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    proc = subprocess.run([sys.executable, "data_prep/build_parquet.py", "synthetic", "--out-dir", str(tmp_path / "o"),
+                           "--quiet", "--row-group-rows", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    assert proc.returncode == 1 and f"error: cannot write under --out-dir {tmp_path / 'o'}" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file()]

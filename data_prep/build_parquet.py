@@ -179,6 +179,8 @@ class RowWork:
                                 self.max_image_bytes)
             try:
                 row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer, opts)
+                if not row["images"]:
+                    opts.notes.append("text-only row (no image)")
                 n_tok = self.budget.over(row)
                 over = n_tok is not None
                 if over and self.skip_bad:
@@ -283,20 +285,23 @@ def _convert_split(name, conv, job, args, out_root, summary):
         stack.callback(lambda: [r.abort() for r in rejects.values()])  # no-op after commit
         no_trace = {s: 0 for s in splits}
         over_budget = {s: 0 for s in splits}
-        conversions = {s: {} for s in splits}
+        counts = {s: {} for s in splits}  # conversions and text-only rows, by kind
+        seen_ids: dict[str, tuple[int, str, int]] = {}  # id -> (hash of its answer, split, index there)
         bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
                                        disable=args.quiet, file=sys.stderr))
         results = stack.enter_context(closing(_ordered_map(spec, chunks(), args.workers)))
         for done in results:
             for split, row, err, over, notes in done:
                 over_budget[split] += over
+                if err is None:
+                    err = _conflicting_id(row, split, writers, seen_ids, name)
                 if err is not None:
                     if not args.skip_bad:
                         raise err
                     rejects[split].add(err)
                 else:
                     for note in notes:
-                        conversions[split][note] = conversions[split].get(note, 0) + 1
+                        counts[split][note] = counts[split].get(note, 0) + 1
                     row["extra_info"]["index"] = writers[split].rows
                     if conv.with_trace and not row["extra_info"][TRACE_FIELD]:
                         no_trace[split] += 1
@@ -314,8 +319,23 @@ def _convert_split(name, conv, job, args, out_root, summary):
                             "expected_rows": expected, "rows_read": read,
                             "count_mismatch": bool(expected is not None and args.limit is None and read != expected),
                             "over_prompt_budget": over_budget[s], "max_prompt_tokens": args.max_prompt_tokens,
-                            "conversions": dict(sorted(conversions[s].items())),
+                            "counts": dict(sorted(counts[s].items())),
                             "workers": args.workers, **image_meta})
+
+
+def _conflicting_id(row: dict, split: str, writers: dict, seen: dict, name: str) -> BadRow | None:
+    """A row whose id was already written with another answer: one of the two is wrong, and keeping
+    both would reward opposite answers to the same question. Same-answer repeats are kept."""
+    rid, answer = row["extra_info"]["id"], row["reward_model"]["ground_truth"]
+    key = hash(answer)
+    first = seen.get(rid)
+    if first is None:
+        seen[rid] = (key, split, writers[split].rows)
+        return None
+    if first[0] == key:
+        return None
+    return BadRow("id", f"id {rid!r} was already written (row {first[2]} of {first[1]}) with a different answer; "
+                        f"this row's answer is {answer[:80]!r}").locate(name, split, rid)
 
 
 def build(args: argparse.Namespace) -> list[dict]:
@@ -346,8 +366,8 @@ def format_summary(summary: list[dict]) -> str:
         if rec.get("over_prompt_budget"):
             lines.append(f"{'':<4}{rec['over_prompt_budget']} row(s) with a prompt over {rec['max_prompt_tokens']} "
                          "tokens (verl's filter_overlong_prompts drops them; --skip-bad rejects them here)")
-        for note, n in rec.get("conversions", {}).items():
-            lines.append(f"{'':<4}converted {n:>5}  {note}")
+        for note, n in rec.get("counts", {}).items():
+            lines.append(f"{'':<4}{n:>6} row(s): {note}")
         for reason, n in rec["reasons"].items():
             lines.append(f"{'':<4}rejected {n:>6}  {reason}")
         if rec["rejects_file"]:

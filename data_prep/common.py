@@ -511,9 +511,28 @@ def row_schema(extra_fields: dict[str, pa.DataType], with_trace: bool) -> pa.Sch
     ])
 
 
+def _scalar_text(value: Any, field: str, what: str) -> str:
+    """A text or number cell as text; a container, a boolean or a non-finite number is a row error
+    (``str()`` would write Python's repr, and ``nan`` would match a response ``nan``)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRow(field, f"{what} is a {type(value).__name__} ({str(value)[:80]!r}); expected text or a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRow(field, f"{what} is {value!r}, not a usable value")
+    return str(value)
+
+
 def build_row(sample: Sample, *, data_source: str, ability: str, split: str, index: int,
               renderer: PromptRenderer, image_opts: ImageOptions, with_trace: bool) -> dict:
     """Validate a sample and turn it into one verl row (the row contract). Raises ``BadRow``."""
+    if sample.problem_type is not None:
+        _scalar_text(sample.problem_type, "problem_type", "problem type")
+    if sample.answer is not None:
+        _scalar_text(sample.answer, "answer", "answer")
+    if not isinstance(sample.options, (list, tuple)):
+        raise BadRow("options", f"options are a {type(sample.options).__name__} ({str(sample.options)[:80]!r}); "
+                                "expected a list of option texts")
+    for k, opt in enumerate(sample.options):
+        _scalar_text(opt, "options", f"option {k}")
     try:
         ptype = normalize_problem_type(sample.problem_type)
     except ValueError:

@@ -254,7 +254,7 @@ def test_16_bit_and_animated_images_are_converted_and_counted(tmp_path):
     frames[0].save(src / "imgs/anim.gif", save_all=True, append_images=frames[1:])
     _jsonl(src, [_paper_row(0, ["imgs/deep.png"]), _paper_row(1, ["imgs/anim.gif"])])
     summary = _build(tmp_path / "out", "train", "--source", str(src))
-    assert summary[0]["conversions"] == {"16-bit image scaled to 8 bits": 1, "animated image: first frame kept": 1}
+    assert summary[0]["counts"] == {"16-bit image scaled to 8 bits": 1, "animated image: first frame kept": 1}
     rows = pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()
     deep = np.asarray(fetch_image({"image": Image.open(io.BytesIO(rows[0]["images"][0]["bytes"]))}))
     assert (deep == 20000 >> 8).all()  # 78, not 255
@@ -521,3 +521,72 @@ def test_build_parquet_write_failure_midway_is_a_message(tmp_path):
         proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file()]
+
+
+# ---------------------------------------------------------------- silent conversions become errors or counts
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"answer": {"value": 3}}, "answer", "answer is a dict"),
+    ({"answer": [3, 4]}, "answer", "answer is a list"),
+    ({"answer": True}, "answer", "answer is a bool"),
+    ({"answer": float("nan")}, "answer", "answer is nan"),
+    ({"problem_type": "multiple choice", "options": {"A": "x", "B": "y"}}, "options", "options are a dict"),
+    ({"problem_type": "multiple choice", "options": "'xyz'"}, "options", "options are a str"),
+    ({"problem_type": "multiple choice", "options": [["x"], ["y"]]}, "options", "option 0 is a list"),
+    ({"problem_type": ["math"]}, "problem_type", "problem type is a list"),
+])
+def test_odd_value_types_are_row_errors_not_repr_text(tmp_path, change, field, words):
+    from fixtures import data_layouts as L
+
+    L.save_png(tmp_path / "src", "imgs/ok.png", 1)
+    row = {**_paper_row(1, ["imgs/ok.png"]), **change}
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    # json.dumps writes NaN as the bare token NaN, which JSON readers turn into a float
+    (src / "train.jsonl").write_text(json.dumps(_paper_row(0, ["imgs/ok.png"])) + "\n" + json.dumps(row) + "\n")
+    from data_prep.common import BadRow
+
+    with pytest.raises(BadRow) as ei:
+        _build(tmp_path / "out", "train", "--source", str(src))
+    assert ei.value.row_id == "r1" and ei.value.field == field and words in str(ei.value), str(ei.value)
+
+
+def test_duplicate_id_with_a_different_answer_is_a_row_error(tmp_path):
+    from fixtures import data_layouts as L
+
+    L.save_png(tmp_path / "src", "imgs/ok.png", 1)
+    a, same, other = (_paper_row(0, ["imgs/ok.png"]) for _ in range(3))
+    other["answer"] = "99"
+    err = _bad_row(tmp_path, [a, same, other])
+    assert err.field == "id" and err.row_id == "r0" and "already written (row 0 of train) with a different answer" in str(err)
+    _jsonl(tmp_path / "src", [a, same])  # a repeat with the same answer is kept
+    assert _build(tmp_path / "out", "train", "--source", str(tmp_path / "src"))[0]["written"] == 2
+    # --skip-bad keeps the first and rejects the conflicting one
+    _jsonl(tmp_path / "src", [a, other])
+    s = _build(tmp_path / "out", "train", "--source", str(tmp_path / "src"), "--skip-bad")
+    assert (s[0]["written"], s[0]["rejected"]) == (1, 1)
+
+
+def test_asked_split_missing_from_a_folder_of_other_splits_is_an_error(tmp_path):
+    """MathVision testmini asked, only test.jsonl there: an error, never test rows written as testmini."""
+    from data_prep.sources import SourceError
+    from fixtures import data_layouts as L
+
+    L.write_mathvision(tmp_path / "src")
+    with pytest.raises(SourceError, match=r"no file for split 'testmini' \(the files are named for test\)"):
+        _build(tmp_path / "out", "mathvision", "--source", str(tmp_path / "src"), "--mathvision-split", "testmini")
+    assert not (tmp_path / "out" / "mathvision" / "testmini.parquet").exists()
+
+
+def test_text_only_benchmark_rows_are_counted(tmp_path):
+    from fixtures import data_layouts as L
+
+    rows = [L.mmmu_row("m1", "<image 1> Which?", "['a', 'b']", "A", "multiple-choice", {1: L.png(1)}),
+            L.mmmu_row("m2", "What is 2+2?", "[]", "4", "open", {})]
+    L.write_parquet(tmp_path / "src" / "Art" / "validation-00000-of-00001.parquet", rows, L.MMMU_SCHEMA)
+    summary = _build(tmp_path / "out", "mmmu", "--source", str(tmp_path / "src"))
+    assert summary[0]["written"] == 2 and summary[0]["counts"] == {"text-only row (no image)": 1}
+    from data_prep.build_parquet import format_summary
+
+    assert "1 row(s): text-only row (no image)" in format_summary(summary)

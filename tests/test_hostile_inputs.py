@@ -590,3 +590,94 @@ def test_text_only_benchmark_rows_are_counted(tmp_path):
     from data_prep.build_parquet import format_summary
 
     assert "1 row(s): text-only row (no image)" in format_summary(summary)
+
+
+# ---------------------------------------------------------------- pre-flight: configs that would fail minutes in
+
+
+@pytest.mark.parametrize("template, words", [
+    ("MISSING", "no file"),
+    ("{{ hint }}", "exactly once"),
+    ("{{ question }}{{ question }} {{ hint }}", "exactly once"),
+    ("{% if hint %}{{ question }}{% endif %}", "also when the hint is empty"),
+    ("{{ cycler.__init__.__globals__.os }} {{ question }}", "sandbox"),
+])
+def test_preflight_rejects_a_bad_teacher_template(tmp_path, template, words):
+    from test_teacher_trainer import _config
+
+    from verl_ext.preflight import ConfigError, check_teacher
+
+    path = tmp_path / "t.jinja"
+    if template != "MISSING":
+        path.write_text(template)
+    with pytest.raises(ConfigError, match=f"algorithm.teacher.template: .*{words}"):
+        check_teacher(_config("algorithm.adv_estimator=rlsd", f"algorithm.teacher.template={path}"))
+
+
+def test_preflight_rejects_train_data_without_extra_info_under_context_question(tmp_path):
+    import pandas as pd
+    from test_teacher_trainer import _config
+
+    from verl_ext.preflight import ConfigError, check_teacher
+
+    bare = tmp_path / "bare.parquet"
+    pd.DataFrame({"prompt": ["q"]}).to_parquet(bare)
+    with pytest.raises(ConfigError, match="has no extra_info, which algorithm.teacher.context=question"):
+        check_teacher(_config("algorithm.adv_estimator=rlsd", f"data.train_files={bare}"))
+
+
+def _plain_config(model_dir, **data):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "algorithm": {"adv_estimator": "sdpo", "distill": {"loss": "jsd_topk", "topk": 100}},
+        "trainer": {"v1": {"trainer_mode": "self_distill"}, "n_gpus_per_node": 2, "nnodes": 1},
+        "actor_rollout_ref": {"actor": {"ppo_mini_batch_size": 4, "ppo_micro_batch_size_per_gpu": 2},
+                              "model": {"path": str(model_dir)}, "ref": {}, "rollout": {"n": 2}},
+        "data": data,
+    })
+
+
+def test_preflight_rejects_topk_above_the_vocabulary(tmp_path, tiny_model):
+    from verl_ext.preflight import ConfigError, check_topk
+
+    vocab = json.loads((tiny_model / "config.json").read_text())["text_config"]["vocab_size"]
+    cfg = _plain_config(tiny_model)
+    check_topk(cfg)
+    cfg.algorithm.distill.topk = vocab + 1
+    with pytest.raises(ConfigError, match=rf"topk={vocab + 1} is above the model's vocabulary size \({vocab}\)"):
+        check_topk(cfg)
+    cfg.algorithm.distill.topk = vocab
+    check_topk(cfg)
+
+
+def test_preflight_rejects_a_micro_batch_above_the_mini_batch(tmp_path):
+    from verl_ext.preflight import ConfigError, check_batches
+
+    cfg = _plain_config(tmp_path)
+    # 4 prompts x 2 responses over 2 ranks = 4 per rank
+    cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu = 4
+    check_batches(cfg)
+    cfg.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu = 5
+    with pytest.raises(ConfigError, match=r"ppo_micro_batch_size_per_gpu=5 is larger than the mini batch per rank .* = 4"):
+        check_batches(cfg)
+
+
+def test_preflight_rejects_a_max_prompt_length_below_every_prompt(tmp_path, tiny_model):
+    """The two prompts' token counts come from the tokenizer's chat template computed here; the limit
+    between them passes, one below the shorter fails."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from verl_ext.preflight import ConfigError, check_prompt_length
+
+    prompts = [[{"role": "user", "content": "<image>What is two plus two?"}],
+               [{"role": "user", "content": "<image>" + "Describe the picture in detail. " * 20}]]
+    f = tmp_path / "train.parquet"
+    pd.DataFrame({"prompt": prompts}).to_parquet(f)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    short = len(tok.apply_chat_template([{"role": "user", "content": "What is two plus two?"}],
+                                        add_generation_prompt=True, tokenize=True)["input_ids"])
+    check_prompt_length(_plain_config(tiny_model, train_files=str(f), max_prompt_length=short))
+    with pytest.raises(ConfigError, match=rf"max_prompt_length={short - 1} is below every prompt .* has {short} tokens"):
+        check_prompt_length(_plain_config(tiny_model, train_files=str(f), max_prompt_length=short - 1))

@@ -396,7 +396,10 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = build(args)
-    except (BadRow, SourceError, templating.TemplateError) as e:
+    except BadRow as e:  # the data: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (SourceError, templating.TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from verl_ext.eval.data import split_files
 from verl_ext.eval.protocol import PRESETS, load_protocol
 from verl_ext.eval.scorers import BENCHMARKS, EXTRA_BENCHMARKS
@@ -86,7 +88,7 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(f"--protocol-file {args.protocol_file}: no such file")
     try:
         protocol = load_protocol(args.preset, args.protocol_file, _kv(args.overrides, "--set", parser))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, yaml.YAMLError) as e:
         parser.error(f"--set/--protocol-file: {e.args[0] if e.args else e}")
     for bench, split in _kv(args.split, "--split", parser).items():
         if bench not in known:

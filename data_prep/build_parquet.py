@@ -32,7 +32,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from tqdm import tqdm  # noqa: E402
 
 from data_prep.common import (  # noqa: E402
-    DEFAULT_MAX_IMAGE_BYTES, TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema, templating,
+    DEFAULT_MAX_IMAGE_BYTES, TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema,
+    templating,
 )
 from data_prep.converters import DATASETS  # noqa: E402
 from data_prep.sources import SourceError, SourceRowError  # noqa: E402

@@ -213,8 +213,9 @@ def _read_path(path: str, base_dir: str | None, extra_roots: tuple[str, ...] = (
         data = _from_zip(path, base_dir, max_bytes) if zipped else None
         if data is not None:
             return data
+        zip_name = Path(path).parts[0] + ".zip" if zipped and len(Path(path).parts) > 1 else None
         raise BadRow("", f"image file {path!r} cannot be read ({e.strerror or e}; looked in {base_dir or '.'}"
-                         f"{' and ' + Path(path).parts[0] + '.zip' if zipped and len(Path(path).parts) > 1 else ''})") from None
+                         f"{' and ' + zip_name if zip_name else ''})") from None
 
 
 def _png_end(data: bytes) -> int | None:

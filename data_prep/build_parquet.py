@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import random
 import sys
+import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, closing
@@ -31,7 +32,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from tqdm import tqdm  # noqa: E402
 
 from data_prep.common import (  # noqa: E402
-    TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema,
+    DEFAULT_MAX_IMAGE_BYTES, TRACE_FIELD, BadRow, ImageOptions, PromptRenderer, PromptBudget, build_row, row_schema,
+    templating,
 )
 from data_prep.converters import DATASETS  # noqa: E402
 from data_prep.sources import SourceError, SourceRowError  # noqa: E402
@@ -81,6 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "data.max_prompt_length; verl would drop them later)")
     p.add_argument("--prompt-template", default=None, help="Jinja student prompt template "
                                                            "(default: data_prep/templates/student_prompt.jinja)")
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="also allow image paths inside DIR (repeatable); by default an image path must "
+                        "resolve inside the folder of the file that names it (or its zip)")
+    p.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                   help="largest image a row may store, and largest zip member read, in bytes "
+                        f"(default {DEFAULT_MAX_IMAGE_BYTES}, 32 MiB); a larger one is a bad row")
     p.add_argument("--val-size", type=int, default=0,
                    help="train: hold out N rows (chosen by --seed) as the 'val' split")
     p.add_argument("--skip-bad", action="store_true",
@@ -99,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("synthetic is generated and takes no --source")
         setattr(args, f"{names[0]}_source", args.source)
     args.names = names
-    for flag in ("limit", "shard_size", "min_pixels", "max_pixels"):
+    for flag in ("limit", "shard_size", "min_pixels", "max_pixels", "max_image_bytes"):
         v = getattr(args, flag)
         if v is not None and v <= 0:
             p.error(f"--{flag.replace('_', '-')} must be positive")
@@ -118,6 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--max-prompt-tokens must be positive")
     if args.val_size < 0:
         p.error("--val-size must be >= 0")
+    for d in args.image_root:
+        if not os.path.isdir(d):
+            p.error(f"--image-root {d}: not a folder")
+    args.image_root = tuple(os.path.realpath(d) for d in args.image_root)
     return args
 
 
@@ -138,7 +150,7 @@ def _convert_row(conv, raw, row_id, job, split, index, renderer, image_opts) -> 
         sample = conv.convert(raw, row_id, job)
         return build_row(sample, data_source=conv.name, ability=conv.ability, split=split, index=index,
                          renderer=renderer, image_opts=image_opts, with_trace=conv.with_trace)
-    except BadRow:
+    except (BadRow, templating.TemplateError):  # a template the sandbox refuses is no row's fault
         raise
     except Exception as e:  # an unexpected value type in a column is still a row error
         raise BadRow("<row>", f"{type(e).__name__}: {e}") from e
@@ -150,8 +162,10 @@ class RowWork:
     the writer's side, which alone knows how many rows each split has so far."""
 
     def __init__(self, name: str, job, template: str | None, min_px, max_px, resize: bool,
-                 max_prompt_tokens: int, skip_bad: bool):
+                 max_prompt_tokens: int, skip_bad: bool, image_roots: tuple[str, ...] = (),
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         self.name, self.job, self.skip_bad = name, job, skip_bad
+        self.image_roots, self.max_image_bytes = image_roots, max_image_bytes
         self.conv = DATASETS[name]
         self.renderer = PromptRenderer(template or self.conv.prompt_template)
         self.clamp = (min_px, max_px, resize)
@@ -162,18 +176,21 @@ class RowWork:
         for pos, split, base_dir, raw in items:
             row_id = raw.where if isinstance(raw, SourceRowError) else self.conv.row_id(raw, pos, self.job)
             over = False
+            opts = ImageOptions(self.clamp[0], self.clamp[1], base_dir, self.clamp[2], self.image_roots,
+                                self.max_image_bytes)
             try:
-                row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer,
-                                   ImageOptions(self.clamp[0], self.clamp[1], base_dir, self.clamp[2]))
+                row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer, opts)
+                if not row["images"]:
+                    opts.notes.append("text-only row (no image)")
                 n_tok = self.budget.over(row)
                 over = n_tok is not None
                 if over and self.skip_bad:
                     raise BadRow("prompt", f"prompt of about {n_tok} tokens (text and images) is over "
                                            f"--max-prompt-tokens {self.budget.max_tokens}")
             except BadRow as e:
-                out.append((split, None, e.locate(self.name, split, row_id), over))
+                out.append((split, None, e.locate(self.name, split, row_id), over, []))
             else:
-                out.append((split, row, None, over))
+                out.append((split, row, None, over, opts.notes))
         return out
 
 
@@ -248,7 +265,7 @@ def _convert_split(name, conv, job, args, out_root, summary):
         {"rlsd_verl.images": json.dumps(image_meta), "rlsd_verl.max_prompt_tokens": str(args.max_prompt_tokens)})
     out_dir = out_root / name
     spec = (name, job, args.prompt_template, min_px, max_px, args.resize_images, args.max_prompt_tokens,
-            args.skip_bad)
+            args.skip_bad, args.image_root, args.max_image_bytes)
 
     def chunks():
         buf = []
@@ -269,17 +286,23 @@ def _convert_split(name, conv, job, args, out_root, summary):
         stack.callback(lambda: [r.abort() for r in rejects.values()])  # no-op after commit
         no_trace = {s: 0 for s in splits}
         over_budget = {s: 0 for s in splits}
+        counts = {s: {} for s in splits}  # conversions and text-only rows, by kind
+        seen_ids: dict[str, tuple[int, str, int]] = {}  # id -> (hash of its answer, split, index there)
         bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
                                        disable=args.quiet, file=sys.stderr))
         results = stack.enter_context(closing(_ordered_map(spec, chunks(), args.workers)))
         for done in results:
-            for split, row, err, over in done:
+            for split, row, err, over, notes in done:
                 over_budget[split] += over
+                if err is None:
+                    err = _conflicting_id(row, split, writers, seen_ids, name)
                 if err is not None:
                     if not args.skip_bad:
                         raise err
                     rejects[split].add(err)
                 else:
+                    for note in notes:
+                        counts[split][note] = counts[split].get(note, 0) + 1
                     row["extra_info"]["index"] = writers[split].rows
                     if conv.with_trace and not row["extra_info"][TRACE_FIELD]:
                         no_trace[split] += 1
@@ -297,7 +320,23 @@ def _convert_split(name, conv, job, args, out_root, summary):
                             "expected_rows": expected, "rows_read": read,
                             "count_mismatch": bool(expected is not None and args.limit is None and read != expected),
                             "over_prompt_budget": over_budget[s], "max_prompt_tokens": args.max_prompt_tokens,
+                            "counts": dict(sorted(counts[s].items())),
                             "workers": args.workers, **image_meta})
+
+
+def _conflicting_id(row: dict, split: str, writers: dict, seen: dict, name: str) -> BadRow | None:
+    """A row whose id was already written with another answer: one of the two is wrong, and keeping
+    both would reward opposite answers to the same question. Same-answer repeats are kept."""
+    rid, answer = row["extra_info"]["id"], row["reward_model"]["ground_truth"]
+    key = hash(answer)
+    first = seen.get(rid)
+    if first is None:
+        seen[rid] = (key, split, writers[split].rows)
+        return None
+    if first[0] == key:
+        return None
+    return BadRow("id", f"id {rid!r} was already written (row {first[2]} of {first[1]}) with a different answer; "
+                        f"this row's answer is {answer[:80]!r}").locate(name, split, rid)
 
 
 def build(args: argparse.Namespace) -> list[dict]:
@@ -328,6 +367,8 @@ def format_summary(summary: list[dict]) -> str:
         if rec.get("over_prompt_budget"):
             lines.append(f"{'':<4}{rec['over_prompt_budget']} row(s) with a prompt over {rec['max_prompt_tokens']} "
                          "tokens (verl's filter_overlong_prompts drops them; --skip-bad rejects them here)")
+        for note, n in rec.get("counts", {}).items():
+            lines.append(f"{'':<4}{n:>6} row(s): {note}")
         for reason, n in rec["reasons"].items():
             lines.append(f"{'':<4}rejected {n:>6}  {reason}")
         if rec["rejects_file"]:
@@ -342,11 +383,34 @@ def format_summary(summary: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # an unusable output folder is a usage error, found before any data is read
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out_dir):
+            pass
+    except OSError as e:
+        print(f"error: --out-dir {args.out_dir}: cannot write there ({e.strerror or e})", file=sys.stderr)
+        return 2
     try:
-        summary = build(args)
-    except (BadRow, SourceError, FileNotFoundError) as e:
+        PromptRenderer(args.prompt_template)
+    except (FileNotFoundError, templating.TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        summary = build(args)
+    except BadRow as e:  # the data: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (SourceError, templating.TemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is not None and not os.path.abspath(str(e.filename)).startswith(os.path.abspath(args.out_dir)):
+            print(f"error: {e}", file=sys.stderr)  # an input file (template, source) that cannot be read
+            return 2
+        # writing failed midway, e.g. a full disk (no partial file is left)
+        print(f"error: cannot write under --out-dir {args.out_dir}: {e.strerror or e}"
+              f"{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     for rec in summary:
         if rec.get("count_mismatch"):

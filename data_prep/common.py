@@ -14,9 +14,27 @@ from pathlib import Path
 from typing import Any
 import zipfile
 
-import jinja2
 import pyarrow as pa
 from PIL import Image
+
+
+def _load_templating():
+    """``verl_ext/templating.py`` (the sandboxed Jinja renderer), loaded by file: importing the
+    ``verl_ext`` package would import verl and torch."""
+    import importlib.util
+    import sys
+
+    name = "_rlsd_templating"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "verl_ext" / "templating.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+templating = _load_templating()
 
 
 # The four problem types of the row contract (the reward routes on them: verl_ext.reward.grading).
@@ -89,16 +107,27 @@ class Sample:
     prepend_images: bool = False
 
 
+# Largest image a row may store, and largest zip member read (bytes); --max-image-bytes changes it.
+DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
 @dataclass
 class ImageOptions:
     """How images are written. With a clamp and ``resize`` off (the default), each image keeps its
     own bytes and carries ``min_pixels``/``max_pixels``, which verl's loader passes to qwen-vl-utils'
-    ``fetch_image`` (the released code's resize on load); ``resize`` resizes at conversion instead."""
+    ``fetch_image`` (the released code's resize on load); ``resize`` resizes at conversion instead.
+
+    Image paths are untrusted: a path must resolve (symlinks followed) inside ``base_dir`` or one of
+    ``extra_roots``; an image (file, zip member or inline bytes) over ``max_bytes`` is a row error.
+    ``notes`` collects the conversions applied to this row's images (counted in the summary)."""
 
     min_pixels: int | None = None
     max_pixels: int | None = None
     base_dir: str | None = None  # relative image paths are resolved against this
     resize: bool = False
+    extra_roots: tuple[str, ...] = ()
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    notes: list[str] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -118,9 +147,14 @@ def _zip(path: str) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
-def _from_zip(path: str, base_dir: str) -> bytes | None:
+def _too_big(n: int, limit: int, what: str) -> BadRow:
+    return BadRow("", f"{what} is {n} bytes, over the {limit}-byte image limit (--max-image-bytes)")
+
+
+def _from_zip(path: str, base_dir: str, max_bytes: int) -> bytes | None:
     """``dir/x.png`` read from ``<base_dir>/dir.zip`` (member ``dir/x.png`` or ``x.png``): a release's
-    image folder may still be zipped (``val_data_image.zip``)."""
+    image folder may still be zipped (``val_data_image.zip``). A member is read by name, never
+    extracted, and never past ``max_bytes`` (its header's size may lie)."""
     parts = Path(path).parts
     if len(parts) < 2:
         return None
@@ -130,23 +164,113 @@ def _from_zip(path: str, base_dir: str) -> bytes | None:
     zf = _zip(archive)
     for member in ("/".join(parts), "/".join(parts[1:])):
         try:
-            return zf.read(member)
+            info = zf.getinfo(member)
         except KeyError:
             continue
+        if info.file_size > max_bytes:
+            raise _too_big(info.file_size, max_bytes, f"zip member {member!r} of {archive}")
+        with zf.open(info) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise _too_big(len(data), max_bytes, f"zip member {member!r} of {archive}")
+        return data
     return None
 
 
-def _read_path(path: str, base_dir: str | None) -> bytes:
-    p = path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path)
+def _inside(path: str, root: str) -> bool:
+    root = os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def _read_path(path: str, base_dir: str | None, extra_roots: tuple[str, ...] = (),
+               max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image path of a row. The path must stay inside the row's data folder
+    (``base_dir``) or an ``extra_roots`` folder: checked before anything is opened, so the error
+    tells nothing about files outside."""
+    if "\x00" in path:
+        raise BadRow("", f"image path {path!r} contains a NUL byte")
+    if os.path.isabs(path):
+        p = path
+    elif base_dir:
+        p = os.path.join(base_dir, path)
+    else:
+        raise BadRow("", f"relative image path {path!r} but the source has no folder to resolve it in")
+    real = os.path.realpath(p)
+    roots = [r for r in (base_dir, *extra_roots) if r]
+    if not any(_inside(real, r) for r in roots):
+        raise BadRow("", f"image path {path!r} is outside the data folder {base_dir or '(none)'}"
+                         " (--image-root DIR allows another folder)")
+    zipped = bool(base_dir) and not os.path.isabs(path) and ".." not in Path(path).parts
     try:
-        with open(p, "rb") as f:
-            return f.read()
+        with open(real, "rb") as f:
+            if os.fstat(f.fileno()).st_size > max_bytes:
+                raise _too_big(os.fstat(f.fileno()).st_size, max_bytes, f"image file {path!r}")
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # a pipe or a growing file
+            raise _too_big(len(data), max_bytes, f"image file {path!r}")
+        return data
     except OSError as e:
-        data = _from_zip(path, base_dir) if (base_dir and not os.path.isabs(path)) else None
+        data = _from_zip(path, base_dir, max_bytes) if zipped else None
         if data is not None:
             return data
+        zip_name = Path(path).parts[0] + ".zip" if zipped and len(Path(path).parts) > 1 else None
         raise BadRow("", f"image file {path!r} cannot be read ({e.strerror or e}; looked in {base_dir or '.'}"
-                         f"{' and ' + Path(path).parts[0] + '.zip' if len(Path(path).parts) > 1 else ''})") from None
+                         f"{' and ' + zip_name if zip_name else ''})") from None
+
+
+def _png_end(data: bytes) -> int | None:
+    """Offset just past the IEND chunk, walking the chunks by their lengths; None if not found."""
+    i = 8
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        i += 12 + length
+        if kind == b"IEND":
+            return i
+    return None
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """Offset just past the EOI marker, walking the segments (a thumbnail inside APP1 is skipped
+    with its segment) and the entropy-coded scans; None if not found."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return i + 2
+        if marker == 0xFF:
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # scan data: up to the next marker that is not stuffing or a restart
+            while True:
+                j = data.find(b"\xff", i)
+                if j < 0 or j + 1 >= n:
+                    return None
+                if data[j + 1] == 0 or 0xD0 <= data[j + 1] <= 0xD7:
+                    i = j + 2
+                    continue
+                i = j
+                break
+    return None
+
+
+def trailing_bytes(data: bytes, fmt: str | None) -> int:
+    """Bytes after the image's end (PNG ``IEND``, JPEG ``EOI``, WebP's RIFF size); 0 for other
+    formats. Data hidden there would travel inside the parquet cell."""
+    end = None
+    if fmt == "PNG":
+        end = _png_end(data)
+    elif fmt == "JPEG":
+        end = _jpeg_end(data)
+    elif fmt == "WEBP" and len(data) >= 8:
+        end = 8 + int.from_bytes(data[4:8], "little")
+    return 0 if end is None else max(0, len(data) - end)
 
 
 def check_image(data: bytes) -> tuple[int, int]:
@@ -180,11 +304,38 @@ def loaded_size(width: int, height: int, min_pixels: int | None = None,
     return w, h
 
 
+# Modes that qwen-vl-utils' RGB conversion clips to white (values above 255): scaled to 8 bits here.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _normalized(img: Image.Image, opts: ImageOptions) -> Image.Image | None:
+    """A re-encodable 8-bit single-frame copy of ``img`` when verl's loader would misread it (a
+    16-bit image loads almost all white; an animation loads its first frame only), else None. Each
+    conversion is noted in ``opts.notes``."""
+    frames = getattr(img, "n_frames", 1)
+    out = None
+    if frames > 1:
+        img.seek(0)
+        out = img.copy()
+        opts.notes.append("animated image: first frame kept")
+    if img.mode in _WIDE_MODES:
+        import numpy as np
+
+        arr = np.asarray(img if out is None else out, dtype=np.uint32)
+        out = Image.fromarray((np.minimum(arr, 65535) >> 8).astype(np.uint8), mode="L")
+        opts.notes.append("16-bit image scaled to 8 bits")
+    elif img.mode == "F":
+        raise BadRow("", "floating-point image (mode F): its value range is unknown; convert it to 8 bits first")
+    return out
+
+
 def image_bytes(value: Any, opts: ImageOptions) -> bytes:
     """PNG/JPEG bytes of one image value. Without ``opts.resize``, the source's own bytes (a PIL
     image is encoded as PNG) after a cheap integrity check (``check_image``); with it, fully decoded
     and re-encoded as PNG when its pixel count is outside ``[min_pixels, max_pixels]`` (resized
-    with qwen-vl-utils' ``smart_resize``, sides multiples of 32). Raises ``BadRow``."""
+    with qwen-vl-utils' ``smart_resize``, sides multiples of 32). A 16-bit or animated image is
+    re-encoded as an 8-bit PNG of its first frame (noted). Over ``opts.max_bytes``, or with bytes
+    after the image's end: ``BadRow``."""
     if value is None:
         raise BadRow("", "image is missing (null)")
     if isinstance(value, Image.Image):
@@ -196,7 +347,7 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
             if value.get("bytes"):
                 data = bytes(value["bytes"])
             elif value.get("path"):
-                data = _read_path(value["path"], opts.base_dir)
+                data = _read_path(str(value["path"]), opts.base_dir, opts.extra_roots, opts.max_bytes)
             else:
                 raise BadRow("", "image is missing (no bytes and no path)")
         elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -204,24 +355,39 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
         elif isinstance(value, str):
             if not value:
                 raise BadRow("", "image is missing (empty path)")
-            data = _read_path(value, opts.base_dir)
+            data = _read_path(value, opts.base_dir, opts.extra_roots, opts.max_bytes)
         else:
             raise BadRow("", f"image has unsupported type {type(value).__name__}")
         if not data:
             raise BadRow("", "image is empty (0 bytes)")
+        if len(data) > opts.max_bytes:
+            raise _too_big(len(data), opts.max_bytes, "image")
         try:
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:  # before any decoding
+                raise BadRow("", f"image of {img.size[0]}x{img.size[1]} pixels is over the "
+                                 f"{Image.MAX_IMAGE_PIXELS}-pixel decoding limit")
             if opts.resize:
-                img = Image.open(io.BytesIO(data))
                 img.load()
                 w, h = img.size
             else:
                 w, h = check_image(data)
+                img = Image.open(io.BytesIO(data))
+        except BadRow:
+            raise
         except Exception as e:  # PIL raises several types on corrupt data
             raise BadRow("", f"image cannot be decoded ({type(e).__name__}: {e})") from None
+        extra = trailing_bytes(data, fmt)
+        if extra:
+            raise BadRow("", f"{extra} byte(s) after the end of the {fmt} image (data hidden in the file?)")
     if w < 1 or h < 1:
         raise BadRow("", f"image has no pixels ({w}x{h})")
     if max(w, h) > 100 * min(w, h):  # near qwen-vl-utils' aspect limit (200): fail here, not in training
         loaded_size(w, h)
+    fixed = _normalized(img, opts)
+    if fixed is not None:
+        img, data = fixed, None
     resize = opts.resize and ((opts.min_pixels is not None and w * h < opts.min_pixels)
                               or (opts.max_pixels is not None and w * h > opts.max_pixels))
     if data is not None and not resize:
@@ -234,6 +400,8 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     img.save(out, format="PNG")
+    if out.tell() > opts.max_bytes:
+        raise _too_big(out.tell(), opts.max_bytes, "re-encoded image")
     return out.getvalue()
 
 
@@ -244,16 +412,15 @@ class PromptRenderer:
         path = Path(template_path or DEFAULT_TEMPLATE)
         if not path.is_file():
             raise FileNotFoundError(f"prompt template not found: {path}")
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-        self.template = env.from_string(path.read_text(encoding="utf-8"))
+        self.template = templating.compile_template(path.read_text(encoding="utf-8"), str(path))
         self.path = path
 
     def render(self, question: str, problem_type: str, options: list[str]) -> str:
         # ``problem``/``content``: the names the released template reads the question under; it
         # also reads the released spelling of the type ("open-ended")
-        return self.template.render(question=question, problem=question, content=question,
-                                    problem_type=RELEASED_SPELLING.get(problem_type, problem_type),
-                                    options=options, letters=LETTERS).strip()
+        return templating.render(self.template, str(self.path), question=question, problem=question,
+                                 content=question, problem_type=RELEASED_SPELLING.get(problem_type, problem_type),
+                                 options=options, letters=LETTERS).strip()
 
 
 def clean_answer_text(answer: Any) -> str:
@@ -345,9 +512,28 @@ def row_schema(extra_fields: dict[str, pa.DataType], with_trace: bool) -> pa.Sch
     ])
 
 
+def _scalar_text(value: Any, field: str, what: str) -> str:
+    """A text or number cell as text; a container, a boolean or a non-finite number is a row error
+    (``str()`` would write Python's repr, and ``nan`` would match a response ``nan``)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRow(field, f"{what} is a {type(value).__name__} ({str(value)[:80]!r}); expected text or a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRow(field, f"{what} is {value!r}, not a usable value")
+    return str(value)
+
+
 def build_row(sample: Sample, *, data_source: str, ability: str, split: str, index: int,
               renderer: PromptRenderer, image_opts: ImageOptions, with_trace: bool) -> dict:
     """Validate a sample and turn it into one verl row (the row contract). Raises ``BadRow``."""
+    if sample.problem_type is not None:
+        _scalar_text(sample.problem_type, "problem_type", "problem type")
+    if sample.answer is not None:
+        _scalar_text(sample.answer, "answer", "answer")
+    if not isinstance(sample.options, (list, tuple)):
+        raise BadRow("options", f"options are a {type(sample.options).__name__} ({str(sample.options)[:80]!r}); "
+                                "expected a list of option texts")
+    for k, opt in enumerate(sample.options):
+        _scalar_text(opt, "options", f"option {k}")
     try:
         ptype = normalize_problem_type(sample.problem_type)
     except ValueError:

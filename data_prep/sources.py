@@ -52,14 +52,26 @@ def _split_token(split: str) -> re.Pattern:
     return re.compile(rf"(^|[/\\_.\-]){re.escape(split)}([/\\.\-]|$)")
 
 
+# split names the published benchmarks use in their file names
+KNOWN_SPLITS = ("train", "val", "validation", "dev", "test", "testmini", "zerobench", "zerobench_subquestions")
+
+
 def _pick_split(paths: list[Path], root: Path, split: str | None) -> list[Path]:
-    """Of several files, those whose relative path names ``split`` (``testmini-0000.parquet``,
-    ``validation/x.parquet``); all of them when none does."""
-    if split is None or len(paths) <= 1:
+    """Of the files of a folder, those whose relative path names ``split`` (``testmini-0000.parquet``,
+    ``validation/x.parquet``); all of them when none names any split. SourceError when the files
+    name only other splits: ``test.parquet`` must never be written out as ``testmini``."""
+    if split is None or not paths or not root.is_dir():
         return paths
     rx = _split_token(split)
     hits = [p for p in paths if rx.search(str(p.relative_to(root)))]
-    return hits or paths
+    if hits:
+        return hits
+    others = sorted({name for name in KNOWN_SPLITS for p in paths
+                     if _split_token(name).search(str(p.relative_to(root)))})
+    if others:
+        raise SourceError(f"{root}: no file for split {split!r} (the files are named for {', '.join(others)}); "
+                          "pass the folder or file that holds it")
+    return paths
 
 
 def _parquet_rows(files: list[Path]):

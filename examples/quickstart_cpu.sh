@@ -19,6 +19,14 @@ METHOD="${METHOD:-rlsd}"
 case "${1:-}" in
   grpo|rlsd|opsd|sdpo|grpo_opsd) METHOD="$1"; shift ;;
 esac
+# a word that is neither a method nor an override would reach Hydra only after the warm start
+case "${1:-}" in
+  ""|*=*|-*|~*) ;;
+  *) echo "usage: bash examples/quickstart_cpu.sh [grpo|rlsd|opsd|sdpo|grpo_opsd] [key=value ...]: '$1' is neither a method nor key=value" >&2; exit 2 ;;
+esac
+if [[ -n "${STEPS:-}" && ! "$STEPS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: STEPS must be a positive integer, got '$STEPS'" >&2; exit 2
+fi
 WORK="$ROOT/outputs/cpu"
 
 # (re)build the synthetic set when missing or left by another version (row count, or its first row differs)

@@ -277,7 +277,7 @@ def test_unexpected_value_type_is_a_row_error_too(tmp_path):
     row = good_paper_row(1, src)
     row.update(problem_type="multiple choice", options=5, id="odd")
     write_jsonl(src, [row])
-    with pytest.raises(BadRow, match=r"row 'odd', field '<row>': TypeError"):
+    with pytest.raises(BadRow, match=r"row 'odd', field 'options': options are a int"):
         run(tmp_path / "out", "train", "--source", str(src))
     s = run(tmp_path / "out", "train", "--source", str(src), "--skip-bad")
     assert (s[0]["written"], s[0]["rejected"]) == (0, 1)

@@ -172,16 +172,121 @@ def check_teacher(config: DictConfig) -> None:
                 f"not score a full-length student row even with an empty hint; raise it to at least "
                 f"{need + teacher.max_hint_length} (prompt + max_hint_length + response)"
             )
+    # the template is a user file: it must load (sandboxed) and show the question once, hint or not
+    from verl_ext.privileged import load_template
+
+    try:
+        load_template(teacher.template)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"algorithm.teacher.template: {err}") from None
     if teacher.context == "question":
         for path in _local_files(config, "train_files"):
             if path.endswith(".parquet") and os.path.exists(path):
                 fields = _extra_info_fields(path)
-                if fields is not None and "question" not in fields:
+                if fields is None or "question" not in fields:
                     raise ConfigError(
-                        f"data.train_files: {path} has no extra_info.question, which algorithm.teacher.context="
-                        "question shows the teacher; rebuild the data with data_prep/build_parquet.py or set "
-                        "algorithm.teacher.context=student_prompt"
+                        f"data.train_files: {path} has no extra_info{'' if fields is None else '.question'}, which "
+                        "algorithm.teacher.context=question shows the teacher; rebuild the data with "
+                        "data_prep/build_parquet.py or set algorithm.teacher.context=student_prompt"
                     )
+
+
+def _local_model_config(config: DictConfig) -> dict | None:
+    """The actor model's ``config.json`` when the model is a local directory (a hub id: None)."""
+    import json
+
+    path = str(config.actor_rollout_ref.model.get("path") or "")
+    f = os.path.join(path, "config.json")
+    if not path or not os.path.isfile(f):
+        return None
+    with open(f, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def check_topk(config: DictConfig) -> None:
+    """A logit-level distillation loss reads the student's top-k tokens: k cannot exceed the vocabulary."""
+    from verl_ext.distill.config import distill_options
+
+    try:
+        opts = distill_options(config.algorithm, str(config.algorithm.adv_estimator))
+    except (TypeError, ValueError):
+        return  # check_estimator reports it
+    model = _local_model_config(config)
+    if not opts.logit_level or model is None:
+        return
+    vocab = model.get("vocab_size") or (model.get("text_config") or {}).get("vocab_size")
+    if vocab and opts.topk > int(vocab):
+        raise ConfigError(f"algorithm.distill.topk={opts.topk} is above the model's vocabulary size ({vocab})")
+
+
+def check_batches(config: DictConfig) -> None:
+    """The actor's micro batch (per GPU) cannot exceed its mini batch per data-parallel rank
+    (``ppo_mini_batch_size`` prompts x ``rollout.n`` responses over the ranks), which verl checks
+    only for the deprecated global micro batch."""
+    actor, trainer = config.actor_rollout_ref.actor, config.trainer
+    micro, mini = actor.get("ppo_micro_batch_size_per_gpu"), actor.get("ppo_mini_batch_size")
+    if actor.get("use_dynamic_bsz", False) or micro is None or mini is None:
+        return
+    n = int(config.actor_rollout_ref.rollout.get("n", 1) or 1)
+    world = int(trainer.get("n_gpus_per_node", 1) or 1) * int(trainer.get("nnodes", 1) or 1)
+    dp = max(1, world // int(actor.get("ulysses_sequence_parallel_size", 1) or 1))
+    per_rank = int(mini) * n // dp
+    if int(micro) > per_rank:
+        raise ConfigError(
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro} is larger than the mini batch per rank "
+            f"(ppo_mini_batch_size={mini} x rollout.n={n} / {dp} data-parallel rank(s) = {per_rank}); lower it")
+
+
+# rows read per train file for the prompt-length check (its cost stays bounded on a large set)
+PROMPT_CHECK_ROWS = 10_000
+
+
+def check_prompt_length(config: DictConfig) -> None:
+    """``data.max_prompt_length`` below every prompt would leave nothing to train on once verl filters
+    overlong prompts. The shortest prompts of each train file (first ``PROMPT_CHECK_ROWS`` rows, by
+    characters) are tokenized with the model's chat template, images left out: a lower bound."""
+    import heapq
+
+    import pyarrow.parquet as pq
+
+    limit = config.data.get("max_prompt_length")
+    path = str(config.actor_rollout_ref.model.get("path") or "")
+    if limit is None or _local_model_config(config) is None:
+        return
+    tokenizer = None
+    for f in _local_files(config, "train_files"):
+        if not (f.endswith(".parquet") and os.path.exists(f)):
+            continue
+        pf = pq.ParquetFile(f)
+        if "prompt" not in pf.schema_arrow.names:
+            continue
+        shortest: list[tuple[int, int, list]] = []  # (-chars, row, messages): the 8 shortest
+        row = 0
+        for batch in pf.iter_batches(batch_size=1024, columns=["prompt"]):
+            for messages in batch.column(0).to_pylist():
+                chars = sum(len(str(m.get("content") or "").replace("<image>", "")) for m in messages or [])
+                heapq.heappush(shortest, (-chars, row, messages))
+                if len(shortest) > 8:
+                    heapq.heappop(shortest)
+                row += 1
+            if row >= PROMPT_CHECK_ROWS:
+                break
+        if not shortest:
+            continue
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        lengths = []
+        for _, _, messages in shortest:
+            text = [{"role": m["role"], "content": str(m["content"]).replace("<image>", "")} for m in messages]
+            ids = tokenizer.apply_chat_template(text, add_generation_prompt=True, tokenize=True)
+            lengths.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        if min(lengths) > int(limit):
+            raise ConfigError(
+                f"data.max_prompt_length={limit} is below every prompt of {f} checked (the shortest of its first "
+                f"{row} rows has {min(lengths)} tokens without its images): verl would filter out every row; "
+                "raise it")
 
 
 def check_verl(config: DictConfig) -> None:
@@ -222,6 +327,9 @@ def preflight(config: DictConfig) -> None:
     check_data_files(config)
     check_attention(config)
     check_teacher(config)
+    check_batches(config)
+    check_topk(config)
+    check_prompt_length(config)
     check_verl(config)
 
 

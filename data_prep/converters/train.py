@@ -78,5 +78,5 @@ class TrainConverter(Converter):
             ptype = "open" if prepend is False else ("multiple choice" if options else "math")
         trace = raw.get(TRACE_FIELD)
         return Sample(id=row_id, question=question, answer=need(raw, "answer"), problem_type=ptype,
-                      options=list(options), images=images, trace=trace, prepend_images=prepend,
+                      options=options, images=images, trace=trace, prepend_images=prepend,
                       extra={"source": None if source is None else str(source)})

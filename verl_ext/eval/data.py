@@ -55,7 +55,10 @@ def split_files(data_dir: str | Path, benchmark: str) -> dict[str, list[Path]]:
 
 def choose_splits(data_dir: str | Path, benchmark: str, preferred: list[str]) -> dict[str, list[Path]]:
     """The splits to evaluate: for ZeroBench every preferred split present, otherwise the first one
-    present; a directory holding a single split is used as is."""
+    present; a directory holding a single split is used as is, but only for the default choice (a
+    split the user named must be there)."""
+    from verl_ext.eval.protocol import DEFAULT_SPLITS
+
     found = split_files(data_dir, benchmark)
     if not found:
         raise FileNotFoundError(f"no parquet files in {Path(data_dir) / benchmark}")
@@ -64,7 +67,7 @@ def choose_splits(data_dir: str | Path, benchmark: str, preferred: list[str]) ->
         return {s: found[s] for s in present}
     if present:
         return {present[0]: found[present[0]]}
-    if len(found) == 1:
+    if len(found) == 1 and list(preferred) == DEFAULT_SPLITS.get(benchmark):
         return found
     raise FileNotFoundError(
         f"{Path(data_dir) / benchmark}: none of the splits {preferred} found (have {sorted(found)}); "

@@ -70,9 +70,44 @@ class Protocol:
                 value = {**self.splits, **{b: [v] if isinstance(v, str) else list(v) for b, v in value.items()}}
             kw[key] = value
         out = dataclasses.replace(self, **kw)
+        out.check()
         if out.n != 1:
             raise ValueError("protocol n must be 1: the scorers and tables count one answer per question")
         return out
+
+    def check(self) -> None:
+        """ValueError naming the field when a value has the wrong type or range (a typo such as
+        ``temperature=abc`` must stop the run before any model loads)."""
+        def bad(name, want):
+            raise ValueError(f"protocol field {name!r} must be {want}, got {getattr(self, name)!r}")
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def integer(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("temperature", "presence_penalty"):
+            if not number(getattr(self, name)) or (name == "temperature" and self.temperature < 0):
+                bad(name, "a number" + (" >= 0" if name == "temperature" else ""))
+        if not number(self.top_p) or not 0 < self.top_p <= 1:
+            bad("top_p", "a number in (0, 1]")
+        if not integer(self.top_k) or self.top_k < -1:
+            bad("top_k", "an integer >= -1 (-1: off)")
+        for name in ("n", "max_new_tokens", "min_pixels", "max_pixels"):
+            if not integer(getattr(self, name)) or getattr(self, name) <= 0:
+                bad(name, "a positive integer")
+        if not integer(self.seed):
+            bad("seed", "an integer")
+        if self.min_pixels > self.max_pixels:
+            bad("min_pixels", f"at most max_pixels ({self.max_pixels})")
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            bad("system_prompt", "a string")
+        if not isinstance(self.preset, str):
+            bad("preset", "a string")
+        if not isinstance(self.splits, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, str) for x in v) for v in self.splits.values()):
+            bad("splits", "a mapping of benchmark -> [split, ...]")
 
 
 PRESETS: dict[str, Protocol] = {

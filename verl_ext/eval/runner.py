@@ -35,34 +35,71 @@ def read_records(path: Path) -> list[dict]:
     a bad line elsewhere is an error."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines(keepends=True)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); {_RECOVER}") from None
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 with open(path, "w") as f:
                     f.writelines(lines[:-1])
                 break
-            raise ValueError(f"{path} line {i + 1}: not valid JSON ({e})") from e
+            raise ValueError(f"{path} line {i + 1}: not valid JSON ({e}); {_RECOVER}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path} line {i + 1}: expected a JSON object, got {type(rec).__name__}; {_RECOVER}")
+        for key in ("id", "response"):
+            if not isinstance(rec.get(key), str):
+                raise ValueError(f"{path} line {i + 1}: field {key!r} is "
+                                 f"{'missing' if key not in rec else type(rec[key]).__name__ + ', expected a string'}; "
+                                 f"{_RECOVER}")
+        records.append(rec)
     return records
 
 
-def check_run_meta(out_dir: Path, meta: dict) -> None:
-    """Write ``run.json``, or check that a resumed run uses the same model/backend/protocol."""
+_RECOVER = "delete that line (or the file) and rerun: the samples it held are generated again"
+
+
+def read_run_meta(out_dir: Path) -> dict | None:
+    """``run.json`` of an earlier run, None when there is none; ValueError naming the file when it is
+    damaged."""
     f = out_dir / "run.json"
-    if f.exists():
-        old = json.loads(f.read_text())
-        diff = {k: (old.get(k), meta[k]) for k in meta if old.get(k) != meta[k]}
-        if diff:
-            raise ValueError(
-                f"{f} was written by a different setup {diff}; its samples cannot be resumed. "
-                "Use a new --out-dir or delete the old one."
-            )
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(meta, indent=2) + "\n")
+    if not f.exists():
+        return None
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: damaged ({e}); if the samples beside it came from this same command, delete "
+                         "run.json and rerun to resume them, otherwise use a new --out-dir") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{f}: expected a JSON object; delete it and rerun (or use a new --out-dir)")
+    return old
+
+
+def check_run_meta(out_dir: Path, meta: dict) -> bool:
+    """Check that a resumed run uses the same model/backend/protocol; True when ``run.json`` is
+    still to be written (``write_run_meta``, once the run really starts)."""
+    f = out_dir / "run.json"
+    old = read_run_meta(out_dir)
+    if old is None:
+        return True
+    diff = {k: (old.get(k), meta[k]) for k in meta if old.get(k) != meta[k]}
+    if diff:
+        raise ValueError(
+            f"{f} was written by a different setup {diff}; its samples cannot be resumed. "
+            "Use a new --out-dir or delete the old one."
+        )
+    return False
+
+
+def write_run_meta(out_dir: Path, meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out_dir / "run.json")
 
 
 def evaluate_benchmark(
@@ -147,7 +184,8 @@ def run(
         warning = clamp_mismatch(b, samples, protocol.min_pixels, protocol.max_pixels)
         if warning:
             print(warning, file=sys.stderr)
-    check_run_meta(out, meta)  # only once the data loaded: a failed start must not lock the out-dir
+    # checked once the data loaded, written once the backend is up: a failed start must not lock the out-dir
+    unwritten = check_run_meta(out, meta)
 
     backend: Backend | None = None
     results: dict[str, dict] = {}
@@ -156,6 +194,9 @@ def run(
         done_ids = {r["id"] for r in read_records(out / b / "samples.jsonl")}
         if backend is None and any(s.uid not in done_ids for s in samples):
             backend = backend_factory()
+        if unwritten:
+            write_run_meta(out, meta)
+            unwritten = False
         records = evaluate_benchmark(b, samples, backend, out, on_record) if backend else _stored(out, b, samples)
         records, rescored = rescore(b, samples, records, out / b / "samples.jsonl")
         metrics = aggregate(b, records)

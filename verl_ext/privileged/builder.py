@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import torch
 
 from verl_ext.privileged.config import TeacherConfig
+from verl_ext.templating import compile_template, render
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 _CONTEXT_SENTINEL = "\x00CONTEXT\x00"
@@ -104,8 +105,6 @@ def load_template(name_or_path: str):
     ``format_instruction``. The context must appear exactly once; the released teacher templates
     (which render ``question`` and ``hint``) load unchanged.
     """
-    import jinja2
-
     path = Path(name_or_path)
     if not path.suffix and (TEMPLATES_DIR / f"{name_or_path}.jinja").is_file():
         path = TEMPLATES_DIR / f"{name_or_path}.jinja"
@@ -113,17 +112,20 @@ def load_template(name_or_path: str):
         raise FileNotFoundError(
             f"algorithm.teacher.template: no file {str(path)!r} (built-in templates: {', '.join(builtin_templates())})"
         )
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-    # as released: the file's text stripped, then rendered
-    template = env.from_string(path.read_text(encoding="utf-8").strip())
-    probe = _render(template, _CONTEXT_SENTINEL, "\x00HINT\x00", "\x00FAILED\x00", "")
-    if probe.count(_CONTEXT_SENTINEL) != 1:
-        raise ValueError(f"teacher template {str(path)!r} must contain {{{{ question }}}} (or {{{{ prompt }}}}) exactly once")
+    # as released: the file's text stripped, then rendered (in the sandbox: the file is untrusted)
+    template = compile_template(path.read_text(encoding="utf-8").strip(), repr(str(path)))
+    template.source_name = repr(str(path))
+    # probed with hints and with empty ones (a row without a sibling renders the latter)
+    for hint, failed in (("\x00HINT\x00", "\x00FAILED\x00"), ("", "")):
+        if _render(template, _CONTEXT_SENTINEL, hint, failed, "").count(_CONTEXT_SENTINEL) != 1:
+            raise ValueError(f"teacher template {str(path)!r} must render {{{{ question }}}} (or {{{{ prompt }}}}) "
+                             f"exactly once{' also when the hint is empty' if not hint else ''}")
     return template
 
 
 def _render(template, context: str, hint: str, failed: str, format_instruction: str) -> str:
-    return template.render(
+    return render(
+        template, getattr(template, "source_name", "teacher template"),
         question=context, prompt=context, hint=hint, correct_solution=hint, incorrect_solution=failed,
         format_instruction=format_instruction,
     )  # fmt: skip

@@ -32,11 +32,13 @@ GRADER_TIMEOUT = 10.0
 # grade_answer runs only when both strings are at most this long / this many lines / words
 SYMBOLIC_MAX_CHARS, SYMBOLIC_MAX_LINES, SYMBOLIC_MAX_WORDS = 512, 8, 128
 
-_TAG_SPACE = re.compile(r"\s*(<|>|/)\s*")
-_FIRST_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_FORMAT = re.compile(r"<thought>.*</thought>.*<answer>.*</answer>", re.DOTALL)
-_TEXT_CMD = re.compile(r"\\text\{\s*[^}]*\s*\}")
-_MBOX_CMD = re.compile(r"\\mbox\{\s*[^}]*\s*\}")
+# The released rules are regular expressions (``\s*(<|>|/)\s*``, ``<answer>(.*?)</answer>`` with
+# IGNORECASE, ``<thought>.*</thought>.*<answer>.*</answer>`` fullmatch, ``\\text\{\s*[^}]*\s*\}``) whose
+# backtracking is quadratic or worse on crafted responses (a 200,000-character one took a minute).
+# Each is computed here by one left-to-right scan giving the same result (tests compare them).
+_SPACE_RUN = re.compile(r"\s+")
+_OPEN_ANSWER = re.compile(re.escape("<answer>"), re.IGNORECASE)
+_CLOSE_ANSWER = re.compile(re.escape("</answer>"), re.IGNORECASE)
 MCQ_LETTERS = "ABCDEFGH"
 
 MATH, MC, NUM, OPEN, OCR, BOOL = "math", "multiple choice", "numerical", "open-ended", "ocr", "boolean"
@@ -51,7 +53,16 @@ ROUTES = {
 
 
 def normalize_response(text: str) -> str:
-    return _TAG_SPACE.sub(r"\1", text)
+    """Whitespace next to ``<``, ``>`` or ``/`` removed (``re.sub(r"\s*(<|>|/)\s*", r"\1", text)``):
+    every whitespace run that touches one of them goes."""
+    out, last = [], 0
+    for m in _SPACE_RUN.finditer(text):
+        a, b = m.span()
+        if (a > 0 and text[a - 1] in "<>/") or (b < len(text) and text[b] in "<>/"):
+            out.append(text[last:a])
+            last = b
+    out.append(text[last:])
+    return "".join(out)
 
 
 def preprocess_truth(gt) -> str:
@@ -82,10 +93,49 @@ def last_boxed(text: str) -> str:
         i = j
 
 
+def first_answer(text: str) -> str | None:
+    """``re.search(r"<answer>(.*?)</answer>", text, re.DOTALL | re.IGNORECASE).group(1)``, or None:
+    the leftmost opening tag that has a closing tag after it is the first opening tag (a closing tag
+    after a later one is after it too), and its content ends at the first closing tag."""
+    m = _OPEN_ANSWER.search(text)
+    if not m:
+        return None
+    end = _CLOSE_ANSWER.search(text, m.end())
+    return text[m.end():end.start()] if end else None
+
+
+def format_ok(text: str) -> bool:
+    """``re.fullmatch(r"<thought>.*</thought>.*<answer>.*</answer>", text, re.DOTALL)``: starts with
+    ``<thought>``, ends with ``</answer>``, and between them a ``</thought>`` then an ``<answer>``
+    (the earliest of each is the best choice)."""
+    if not (text.startswith("<thought>") and text.endswith("</answer>")):
+        return False
+    a = text.find("</thought>", len("<thought>"))
+    if a < 0:
+        return False
+    b = text.find("<answer>", a + len("</thought>"))
+    return 0 <= b and b + len("<answer>") <= len(text) - len("</answer>")
+
+
+def _drop_commands(s: str, head: str) -> str:
+    """Every ``<head>...}`` removed, left to right (``re.sub(r"\\text\{\s*[^}]*\s*\}", "", s)`` for
+    ``head = "\\text{"``: the whitespace parts add nothing to ``[^}]*``); no closing brace after an
+    opening means none after any later one either."""
+    out, pos = [], 0
+    while True:
+        i = s.find(head, pos)
+        j = s.find("}", i + len(head)) if i >= 0 else -1
+        if i < 0 or j < 0:
+            out.append(s[pos:])
+            return "".join(out)
+        out.append(s[pos:i])
+        pos = j + 1
+
+
 def extract(text: str, whole_if_none: bool) -> str:
-    m = _FIRST_ANSWER.search(text)
-    if m:
-        return m.group(1).strip()
+    ans = first_answer(text)
+    if ans is not None:
+        return ans.strip()
     boxed = last_boxed(text)
     if boxed:
         return boxed
@@ -99,7 +149,7 @@ def clean_math(s: str) -> str:
     for old, new in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
                      ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", ""), ("$", "")):
         s = s.replace(old, new)
-    s = _MBOX_CMD.sub("", _TEXT_CMD.sub("", s))  # the whole \text{...}, content included
+    s = _drop_commands(_drop_commands(s, "\\text{"), "\\mbox{")  # the whole \text{...}, content included
     s = s.replace("\\%", "").replace("%", "")
     if s.startswith("."):
         s = "0" + s
@@ -175,9 +225,19 @@ def mcq_letter(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _rouge():
-    from rouge_score import rouge_scorer
+    """rouge-score's scorer with its default tokenizer and Porter stemming, the stems memoised (the
+    same tokens; a long response repeats its words, and stemming each again dominated its cost)."""
+    from nltk.stem import porter
+    from rouge_score import rouge_scorer, tokenize, tokenizers
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    class MemoStemmer:
+        stem = staticmethod(functools.lru_cache(maxsize=1 << 16)(porter.PorterStemmer().stem))
+
+    class Tokenizer(tokenizers.Tokenizer):
+        def tokenize(self, text):
+            return tokenize.tokenize(text, MemoStemmer)
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True, tokenizer=Tokenizer())
 
 
 def rouge_mean_f1(reference: str, hypothesis: str) -> float:
@@ -257,7 +317,7 @@ def released_score(response: str, ground_truth, problem_type, response_length: i
         acc = accuracy(route, response, gt, timeout)
         if route != MATH:
             return {"score": acc, "acc": acc, "format": 0.0, "length_penalty": 0.0, "error": 0.0}
-        fmt = 1.0 if _FORMAT.fullmatch(response) else 0.0
+        fmt = 1.0 if format_ok(response) else 0.0
         pen = length_penalty(len(response) if response_length is None else int(response_length),
                              max_response_length, overlong_buffer)
         score = (1 - format_weight) * acc + format_weight * fmt + overlong_factor * pen

@@ -22,10 +22,13 @@ esac
 # a word that is neither a method nor an override would reach Hydra only after the warm start
 case "${1:-}" in
   ""|*=*|-*|~*) ;;
-  *) echo "usage: bash examples/quickstart_cpu.sh [grpo|rlsd|opsd|sdpo|grpo_opsd] [key=value ...]: '$1' is neither a method nor key=value" >&2; exit 2 ;;
+  *) echo "usage: bash examples/quickstart_cpu.sh [grpo|rlsd|opsd|sdpo|grpo_opsd] [--seed N] [key=value ...]: '$1' is neither a method nor key=value" >&2; exit 2 ;;
 esac
 if [[ -n "${STEPS:-}" && ! "$STEPS" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: STEPS must be a positive integer, got '$STEPS'" >&2; exit 2
+fi
+if [[ -n "${SEED:-}" && ! "$SEED" =~ ^[0-9]+$ ]]; then
+  echo "usage: SEED must be a non-negative integer, got '$SEED'" >&2; exit 2
 fi
 WORK="$ROOT/outputs/cpu"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_WARM_STEPS = 80  # see warm_model_dir
+TEST_WARM_STEPS = 120  # see warm_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +34,11 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def warm_model_dir(tmp_path_factory, tiny_model_dir, synthetic_data_dir) -> Path:
-    """The tiny model after a short warm start (``build_warm_start``, 80 steps, no probe) on the session's 48
-    synthetic train rows. What the e2e tests need of it holds by construction, not by where 80 steps land: the
-    warm start answers the ``more`` rows with a fresh fair draw of A or B, so a group of n responses to one of
-    them is uniform with probability 2 * 2**-n at most once the format is learned (n = 4: 1/8 per group, and
-    each e2e step has 4 such prompts: all uniform with probability 1/8**4 = 2.4e-4)."""
+    """The tiny model after a short warm start (``build_warm_start``, 120 steps, no probe) on the session's 48
+    synthetic train rows. What the e2e tests need of it holds by construction, not by where 120 steps land: the
+    format is learned within ~100 steps (measured: 0.5 of greedy answers well-formed at step 50, 1.0 at 100,
+    seeds 0 and 1), and the warm start answers the ``more`` rows with a fresh fair draw of yes or no, so the
+    model's answer to them does not depend on the image and groups of their responses mix rewards."""
     from verl_ext.warm_start import build_warm_start
 
     train = synthetic_data_dir / "synthetic" / "train.parquet"

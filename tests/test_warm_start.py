@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from verl_ext.warm_start import GAP_THOUGHT, TEACHER_HINTS, WarmData, passes, PROBE_BAR
+from verl_ext.warm_start import GAP_THOUGHT, PROBE_BAR, TEACHER_HINTS, WarmData, lr_at, passes
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,12 @@ def test_sibling_layout_and_draw_mix(data):
             assert target == data.true_trace(i) + data.tok.eos_token
     assert abs(kinds[True] - 200) <= 5 * 10  # binomial sd sqrt(400 / 4) = 10
     assert TEACHER_HINTS == ("answer", "reference", "sibling")
+
+
+def test_lr_schedule():
+    assert [lr_at(s, 3e-3, 200, 100) for s in (1, 200)] == [3e-3, 3e-3]
+    assert lr_at(300, 3e-3, 200, 100) == pytest.approx(1.5e-3) and lr_at(400, 3e-3, 200, 100) == pytest.approx(7.5e-4)
+    assert lr_at(250, 3e-3, 200, 100) == pytest.approx(3e-3 / 2**0.5)
 
 
 def test_probe_bar():

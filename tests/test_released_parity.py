@@ -59,3 +59,30 @@ def test_training_reads_the_file_in_order(tmp_path, rlsd_cfg):
     # the former behaviour stays one override away: a seeded shuffle
     shuffled = list(create_rl_sampler(OmegaConf.create({**data, "shuffle": True}), ds))
     assert sorted(shuffled) == list(range(70)) and shuffled != order
+
+
+# ------------------------------------------------------------------ 7. lambda schedule
+# by hand. Ours (the paper): lambda = 0.5 (1 - (s - 1) / 50) at verl's step s, 0 from step 51.
+# Released: 0.5 max(1 - s / 60, 0) with s from 1.
+PAPER_LAMBDA = {1: 0.5, 2: 0.49, 26: 0.25, 50: 0.01, 51: 0.0, 200: 0.0}
+RELEASED_LAMBDA = {1: 0.5 * 59 / 60, 2: 0.5 * 58 / 60, 30: 0.25, 59: 0.5 / 60, 60: 0.0, 200: 0.0}
+
+
+@pytest.mark.parametrize("form", ["paper", "released"])
+def test_lambda_schedule_values(form, recipe_data_dir, rlsd_cfg):
+    from test_estimators import call
+
+    if form == "paper":
+        alg, expected = rlsd_cfg["algorithm"], PAPER_LAMBDA
+    else:  # the released values, reached by override on the recipe
+        cfg = composed(run_script("rlsd", recipe_data_dir, "algorithm.rlsd.schedule_step=global",
+                                  "algorithm.rlsd.decay_steps=60"))
+        alg, expected = cfg["algorithm"], RELEASED_LAMBDA
+    for step, lam in expected.items():
+        _, metrics = call("rlsd", alg, global_step=step)
+        assert metrics["rlsd/lambda"] == pytest.approx(lam, abs=1e-12), (form, step)
+
+
+def test_lambda_schedule_step_is_checked(recipe_data_dir):
+    out = run_script("rlsd", recipe_data_dir, "algorithm.rlsd.schedule_step=released")
+    assert out.returncode == 2 and "algorithm.rlsd.schedule_step must be one of ('update', 'global')" in out.stderr

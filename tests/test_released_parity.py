@@ -86,3 +86,20 @@ def test_lambda_schedule_values(form, recipe_data_dir, rlsd_cfg):
 def test_lambda_schedule_step_is_checked(recipe_data_dir):
     out = run_script("rlsd", recipe_data_dir, "algorithm.rlsd.schedule_step=released")
     assert out.returncode == 2 and "algorithm.rlsd.schedule_step must be one of ('update', 'global')" in out.stderr
+
+
+# ------------------------------------------------------------------ 6. validation and checkpoints
+def test_validation_and_checkpoint_frequencies(rlsd_cfg, tmp_path):
+    t = rlsd_cfg["trainer"]
+    assert (t["test_freq"], t["val_before_train"], t["save_freq"], t["max_actor_ckpt_to_keep"]) == (5, True, 10, 5)
+    # a teacher copy goes with its actor checkpoint: verl removed the actor of steps 10 and 20
+    from verl_ext.trainer.self_distill import prune_teacher_copies
+
+    for step in (10, 20, 30):
+        (tmp_path / f"global_step_{step}" / "teacher").mkdir(parents=True)
+        (tmp_path / f"global_step_{step}" / "teacher" / "w.pt").write_bytes(b"x")
+    (tmp_path / "global_step_30" / "actor").mkdir()
+    removed = prune_teacher_copies(str(tmp_path))
+    assert removed == [str(tmp_path / f"global_step_{s}" / "teacher") for s in (10, 20)]
+    assert (tmp_path / "global_step_30" / "teacher" / "w.pt").exists()
+    assert not (tmp_path / "global_step_10" / "teacher").exists()

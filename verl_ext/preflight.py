@@ -241,6 +241,10 @@ def summary(config: DictConfig) -> str:
         "max prompt + response": f"{config.data.max_prompt_length} + {config.data.max_response_length}",
         "trainer.total_training_steps": config.trainer.total_training_steps,
         "data.shuffle": f"{config.data.get('shuffle')} (false: file order, as released)",
+        "validation / checkpoints": (
+            f"test_freq={config.trainer.get('test_freq')} val_before_train={config.trainer.get('val_before_train')} "
+            f"save_freq={config.trainer.get('save_freq')} max_actor_ckpt_to_keep={config.trainer.get('max_actor_ckpt_to_keep')}"
+        ),
     }
     if str(r.adv_estimator) == "rlsd":
         lines["algorithm.rlsd lambda"] = _lambda_summary(config)

@@ -322,6 +322,7 @@ BASE_EXTRA_FIELDS: dict[str, pa.DataType] = {
     "options": pa.list_(pa.string()),
     "question": pa.string(),
     "answer": pa.string(),
+    "raw_answer": pa.string(),  # the answer as written in the source: the teacher's hint, as released
 }
 
 
@@ -388,7 +389,7 @@ def build_row(sample: Sample, *, data_source: str, ability: str, split: str, ind
         raise BadRow("images", f"{len(images)} image(s) but {n_tokens} {IMAGE_TOKEN} placeholder(s) "
                                "in the prompt")
     extra = {"index": index, "split": split, "id": sample.id, "problem_type": ptype,
-             "options": options, "question": question, "answer": answer}
+             "options": options, "question": question, "answer": answer, "raw_answer": str(sample.answer)}
     if with_trace:
         extra[TRACE_FIELD] = sample.trace if sample.trace is not None else ""
     extra.update(sample.extra)

@@ -103,3 +103,39 @@ def test_validation_and_checkpoint_frequencies(rlsd_cfg, tmp_path):
     assert removed == [str(tmp_path / f"global_step_{s}" / "teacher") for s in (10, 20)]
     assert (tmp_path / "global_step_30" / "teacher" / "w.pt").exists()
     assert not (tmp_path / "global_step_10" / "teacher").exists()
+
+
+# ------------------------------------------------------------------ 4. the teacher's hint: the raw answer
+def test_teacher_hint_is_the_answer_as_written(tmp_path):
+    """The reward grades the cleaned ground truth; the teacher reads the answer as the data writes it
+    (the released hint is ``str(answer)``): ``$\\frac{1}{2}$`` keeps its dollars, ``(b)`` stays ``(b)``,
+    a number stays as JSON wrote it."""
+    from fixtures import data_layouts as L
+
+    from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
+    from verl_ext.tiny_model import build_processor
+
+    src = tmp_path / "src"
+    L.save_png(src, "i/0.png", 1)
+    rows = [
+        {"id": "frac", "problem": "<image>Find x.", "answer": "$\\frac{1}{2}$", "images": ["i/0.png"], "problem_type": "math"},
+        {"id": "mc", "problem": "<image>Pick one.", "options": ["red", "blue"], "answer": "(b)", "images": ["i/0.png"],
+         "problem_type": "multiple choice"},
+        {"id": "num", "problem": "2.5 + 1?", "answer": 3.5, "images": [], "problem_type": "numerical"},
+    ]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "out"), "--quiet", "--no-pixel-clamp"]))
+    out = pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()
+    assert [r["reward_model"]["ground_truth"] for r in out] == ["\\frac{1}{2}", "B", "3.5"]
+    assert [r["extra_info"]["raw_answer"] for r in out] == ["$\\frac{1}{2}$", "(b)", "3.5"]
+
+    proc = build_processor()
+    samples = [StudentSample(messages=r["prompt"], prompt_ids=[1], response_ids=[2],
+                             ground_truth=r["reward_model"]["ground_truth"], extra_info=r["extra_info"]) for r in out]
+    for hint in ("answer", "reference"):  # reference: no trace in these rows, so the answer stands in
+        cfg = TeacherConfig(hint=hint, reference_field="qwen3vl_235b_thinking_response")
+        got = PrivilegedPromptBuilder(proc.tokenizer, proc, cfg).hints(samples).hints
+        assert got == ["$\\frac{1}{2}$", "(b)", "3.5"], hint
+    # a row converted before raw_answer existed: the ground truth, as before
+    old = StudentSample(messages=[], prompt_ids=[1], response_ids=[2], ground_truth="B", extra_info={"answer": "B"})
+    assert PrivilegedPromptBuilder(proc.tokenizer, proc, TeacherConfig(hint="answer")).hints([old]).hints == ["B"]

@@ -139,3 +139,117 @@ def test_teacher_hint_is_the_answer_as_written(tmp_path):
     # a row converted before raw_answer existed: the ground truth, as before
     old = StudentSample(messages=[], prompt_ids=[1], response_ids=[2], ground_truth="B", extra_info={"answer": "B"})
     assert PrivilegedPromptBuilder(proc.tokenizer, proc, TeacherConfig(hint="answer")).hints([old]).hints == ["B"]
+
+
+# ------------------------------------------------------------------ 2. the released student template, byte for byte
+# A template in the released unified.jinja's form (its constructs, our wording): the question read
+# as problem/content, routed by the row's own problem_type, options printed as the row gives them.
+RELEASED_FORM_TEMPLATE = """{#- routed by the row's problem_type; options printed raw -#}
+{%- if problem is defined -%}
+{%- set question = problem -%}
+{%- elif content is defined -%}
+{%- set question = content -%}
+{%- else -%}
+{{ 1 / 0 }}
+{%- endif -%}
+{%- if problem_type is defined -%}
+{%- set ptype = problem_type | lower | trim -%}
+{%- else -%}
+{%- set ptype = "open-ended" -%}
+{%- endif -%}
+{%- set opts = options if options is defined and options is iterable and options | length > 0 else [] -%}
+{%- if ptype == "math" %}
+[MATH] Solve it.
+
+{{ question | trim }}
+{%- elif ptype == "multiple choice" %}
+[CHOICE] Pick a letter.
+
+{{ question | trim }}
+{%- if opts | length > 0 %}
+
+Options:
+{% for opt in opts -%}
+{{ opt }}
+{% endfor -%}
+{%- endif %}
+{%- elif ptype == "open-ended" %}
+[OPEN] Answer.
+
+{{ question | trim }}
+{%- else %}
+[GENERAL] Answer ({{ data_source }}).
+
+{{ question | trim }}
+{%- endif %}
+
+"""
+
+
+def test_released_template_renders_byte_for_byte(tmp_path):
+    """Every row form of the training set's paper layout, rendered by the converter with
+    ``--prompt-template``, equals the released loader's render: the JSON file read by HF datasets,
+    ``jinja2.Template(text.strip()).render(content=problem, problem=problem, **other fields)``."""
+    import datasets
+    import jinja2
+    from fixtures import data_layouts as L
+
+    src = tmp_path / "src"
+    L.save_png(src, "i/0.png", 1)
+    img = ["i/0.png"]
+    rows = [
+        {"id": "math", "problem": "<image>Find x.", "answer": "2", "images": img, "problem_type": "math",
+         "data_source": "geo"},
+        {"id": "lettered", "problem": "<image>Pick one.", "options": ["A. red", "B. blue"], "answer": "B",
+         "images": img, "problem_type": "multiple choice", "data_source": "mc"},
+        {"id": "plain_options", "problem": "<image>Pick one.", "options": ["red", "blue"], "answer": "red",
+         "images": img, "problem_type": "Multiple Choice", "data_source": "mc"},
+        {"id": "in_question", "problem": "<image>Pick one.\nA. red\nB. blue", "answer": "A", "images": img,
+         "problem_type": "multiple choice", "data_source": "mc"},
+        {"id": "hyphen", "problem": "<image>Pick one.", "options": ["A. red", "B. blue"], "answer": "A",
+         "images": img, "problem_type": "multiple-choice", "data_source": "mc2"},
+        {"id": "no_type", "problem": "  What is 2 + 2?  ", "answer": "4", "images": [], "data_source": "txt"},
+        {"id": "ocr", "problem": "<image>Read it.", "answer": "STOP", "images": img, "problem_type": "OCR",
+         "data_source": "ocr"},
+        {"id": "open", "problem": "<image>Describe.", "answer": "a bar", "images": img, "problem_type": "open-ended",
+         "data_source": "o"},
+        {"id": "numerical", "problem": "<image>How long?", "answer": "3.5", "images": img, "problem_type": "numerical",
+         "data_source": "n"},
+    ]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tpl = tmp_path / "released_form.jinja"
+    tpl.write_text(RELEASED_FORM_TEMPLATE)
+    build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "out"), "--quiet",
+                      "--no-pixel-clamp", "--prompt-template", str(tpl)]))
+    ours = [r["prompt"][0]["content"] for r in pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()]
+
+    ds = datasets.load_dataset("json", data_files=str(src / "train.jsonl"), split="train")
+    template = jinja2.Template(RELEASED_FORM_TEMPLATE.strip())
+    released = [template.render(content=ex["problem"], problem=ex["problem"],
+                                **{k: v for k, v in ex.items() if k != "problem"}) for ex in ds]
+    assert len(ours) == len(released) == len(rows)
+    for row, a, b in zip(rows, ours, released):
+        assert a == b, (row["id"], a, b)
+    by_id = dict(zip((r["id"] for r in rows), ours))
+    # the four differences the former render had, by hand
+    assert by_id["math"] == "\n[MATH] Solve it.\n\n<image>Find x."  # the leading newline is kept
+    assert by_id["lettered"] == "\n[CHOICE] Pick a letter.\n\n<image>Pick one.\n\nOptions:\nA. red\nB. blue\n"
+    assert by_id["plain_options"].endswith("Options:\nred\nblue\n")  # printed as the row gives them
+    assert by_id["hyphen"] == "\n[GENERAL] Answer (mc2).\n\n<image>Pick one."  # not the multiple-choice branch
+    assert by_id["no_type"] == "\n[GENERAL] Answer (txt).\n\nWhat is 2 + 2?"  # HF datasets: problem_type None
+
+
+def test_default_template_reads_normalised_fields(tmp_path):
+    """Our own template routes on the normalised type and prints option texts with our letters, so
+    the released spellings and lettered options of the training rows do not change it."""
+    from fixtures import data_layouts as L
+
+    src = tmp_path / "src"
+    L.save_png(src, "i/0.png", 1)
+    rows = [{"id": "hyphen", "problem": "<image>Pick one.", "options": ["A. red", "B. blue"], "answer": "A",
+             "images": ["i/0.png"], "problem_type": "multiple-choice"}]
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "out"), "--quiet", "--no-pixel-clamp"]))
+    content = pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()[0]["prompt"][0]["content"]
+    assert content.startswith("You are a helpful assistant capable of answering multiple-choice questions")
+    assert content.endswith("Question:\n<image>Pick one.\n\nOptions:\nA. red\nB. blue")

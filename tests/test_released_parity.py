@@ -253,3 +253,88 @@ def test_default_template_reads_normalised_fields(tmp_path):
     content = pq.read_table(tmp_path / "out/train/train.parquet").to_pylist()[0]["prompt"][0]["content"]
     assert content.startswith("You are a helpful assistant capable of answering multiple-choice questions")
     assert content.endswith("Question:\n<image>Pick one.\n\nOptions:\nA. red\nB. blue")
+
+
+# ------------------------------------------------------------------ 5. rollout extras: vision logit bias, seeds
+QWEN_IMAGE_PAD, QWEN_VIDEO_PAD = 151655, 151656  # <|image_pad|>, <|video_pad|> in the Qwen3 vocabulary
+
+
+class _ServerClient:
+    """Stands in for verl's client of the vLLM server (vLLM cannot run here): it records the sampling
+    settings of each request and serves it with the project's real CPU rollout server."""
+
+    def __init__(self, server):
+        self.server, self.requests = server, []
+
+    async def generate(self, *, request_id, prompt_ids, sampling_params, image_data=None, **_):
+        self.requests.append(dict(sampling_params))
+        return await self.server.generate(prompt_ids, dict(sampling_params), request_id, image_data=image_data)
+
+
+@pytest.fixture(scope="module")
+def cpu_server(tiny_model_dir):
+    from verl.workers.config import HFModelConfig, RolloutConfig
+
+    from verl_ext.cpu.hf_rollout import HFRolloutServer
+
+    config = RolloutConfig(name="hf", prompt_length=256, response_length=4, max_model_len=300, tensor_model_parallel_size=1)
+    return HFRolloutServer(config, HFModelConfig(path=str(tiny_model_dir)))
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+def test_vision_logit_bias_and_seed_reach_the_request(seed, rlsd_cfg, recipe_data_dir, cpu_server, tiny_model_dir):
+    """The recipe selects the rlsd_single_turn agent loop; run by verl's registry as verl's agent-loop
+    worker runs it, every request it sends carries logit bias -100 on the image and video pad ids and,
+    with algorithm.rollout.seed=s, the seed s + i for the group's i-th sample."""
+    import asyncio
+
+    import hydra
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, _agent_loop_registry
+    from verl.utils import hf_processor, hf_tokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    cfg = rlsd_cfg if seed is None else composed(run_script("rlsd", recipe_data_dir, f"algorithm.rollout.seed={seed}"))
+    rollout = cfg["actor_rollout_ref"]["rollout"]
+    assert rollout["agent"]["default_agent_loop"] == "rlsd_single_turn"
+    assert cfg["algorithm"]["rollout"] == {"vision_logit_bias": -100, "seed": seed}
+    cfg["actor_rollout_ref"]["rollout"].update(prompt_length=256, response_length=4)
+    config = OmegaConf.create(cfg)
+    tok, proc = hf_tokenizer(str(tiny_model_dir)), hf_processor(str(tiny_model_dir))
+    client = _ServerClient(cpu_server)
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (64, 64), "red")},
+                                             {"type": "text", "text": "What colour?"}]}]
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
+
+    async def group():  # verl's worker: one agent loop per sample, session_id = its place in the group
+        outs = []
+        for i in range(3):
+            loop = hydra.utils.instantiate(
+                config=_agent_loop_registry[rollout["agent"]["default_agent_loop"]],
+                trainer_config=DictConfigWrap(config=config), server_manager=client, tokenizer=tok, processor=proc,
+                hf_model_type="qwen3_vl", dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data),
+            )
+            outs.append(await loop.run(dict(params), raw_prompt=messages, session_id=i))
+        return outs
+
+    for out in asyncio.run(group()):
+        assert 1 <= len(out.response_ids) <= 4
+    assert [r["logit_bias"] for r in client.requests] == [{QWEN_IMAGE_PAD: -100.0, QWEN_VIDEO_PAD: -100.0}] * 3
+    assert [r.get("seed") for r in client.requests] == ([None] * 3 if seed is None else [1, 2, 3])
+    assert all(r["temperature"] == 1.0 for r in client.requests)  # the worker's own settings are kept
+
+
+def test_cpu_server_applies_the_logit_bias(cpu_server):
+    """The CPU rollout server applies a request's logit_bias before sampling, as vLLM does: +1000 on one
+    token makes greedy decoding emit only that token; the log-probs stay those of the model's logits."""
+    tok = cpu_server.processor.tokenizer
+    target = tok.convert_tokens_to_ids("Hello")
+    chat = tok.apply_chat_template([{"role": "user", "content": "Say something."}], add_generation_prompt=True,
+                                   tokenize=False)
+    prompt = tok.encode(chat, add_special_tokens=False)
+    plain = cpu_server._generate(prompt, {"temperature": 0.0, "logprobs": 0}, None)
+    biased = cpu_server._generate(prompt, {"temperature": 0.0, "logprobs": 0, "logit_bias": {target: 1000.0}}, None)
+    assert plain.token_ids[0] != target
+    assert biased.token_ids == [target] * 4
+    assert biased.log_probs[0] < plain.log_probs[0]  # the model's own log-prob of the forced token

@@ -102,6 +102,20 @@ def check_estimator(config: DictConfig) -> None:
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
     check_ranges(rlsd, grpo_opsd)
+    check_rollout_options(config)
+
+
+def check_rollout_options(config: DictConfig) -> None:
+    """The agent loop's sampling extras: known keys, a number or null each."""
+    from verl_ext.rollout import rollout_options
+
+    try:
+        opts = rollout_options(config)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    for key, value in opts.items():
+        if value is not None and not isinstance(value, (int, float)):
+            raise ConfigError(f"algorithm.rollout.{key} must be a number or null, got {value!r}")
 
 
 def check_ranges(rlsd: dict, grpo_opsd: dict) -> None:
@@ -248,6 +262,10 @@ def summary(config: DictConfig) -> str:
     }
     if str(r.adv_estimator) == "rlsd":
         lines["algorithm.rlsd lambda"] = _lambda_summary(config)
+    ro = a.rollout
+    extras = OmegaConf.to_container(r.get("rollout", {}), resolve=True)
+    lines["rollout"] = (f"agent loop {ro.get('agent', {}).get('default_agent_loop')}, vision pad logit bias "
+                        f"{extras.get('vision_logit_bias')}, request seed {extras.get('seed')} (+ sample index)")
     return "\n".join(f"{k}: {v}" for k, v in lines.items())
 
 

@@ -338,3 +338,82 @@ def test_cpu_server_applies_the_logit_bias(cpu_server):
     assert plain.token_ids[0] != target
     assert biased.token_ids == [target] * 4
     assert biased.log_probs[0] < plain.log_probs[0]  # the model's own log-prob of the forced token
+
+
+# ------------------------------------------------------------------ 3. visual tokens per image
+def released_tokens(w, h, lo=262144, hi=1048576):
+    """The released path by hand: PIL resize by sqrt(range / (w h)) with int() floors, then the
+    processor's rounding of each side to the nearest multiple of 32 (one token per 32x32 pixels)."""
+    import math
+
+    if w * h > hi:
+        f = math.sqrt(hi / (w * h))
+        w, h = int(w * f), int(h * f)
+    if w * h < lo:
+        f = math.sqrt(lo / (w * h))
+        w, h = int(w * f), int(h * f)
+    return max(1, round(h / 32)) * max(1, round(w / 32))
+
+
+def test_released_tokens_by_hand():
+    # 2400 x 1800: f = sqrt(1048576 / 4320000) = 0.49267, 1182 x 886 -> round(886 / 32) = 28, round(1182 / 32) = 37
+    assert released_tokens(2400, 1800) == 28 * 37
+    # 120 x 90: f = sqrt(262144 / 10800) = 4.92672, 591 x 443 -> 14 x 18
+    assert released_tokens(120, 90) == 14 * 18
+    assert released_tokens(640, 480) == 15 * 20  # inside the range: 480 / 32 = 15, 640 / 32 = 20
+
+
+def _dataset_tokens(ds, processor, item, patch):
+    from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: F401  (ds is one)
+
+    messages = item["raw_prompt"]
+    images, _, _ = type(ds)._process_multi_modal_info(messages, patch, ds.config)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    grid = processor(text=[text], images=images, return_tensors="pt")["image_grid_thw"]
+    return [int(g.prod()) // 4 for g in grid]
+
+
+def test_visual_tokens_equal_the_released_resize(tmp_path, rlsd_cfg):
+    """Images converted with the default clamp, read by the recipe's dataset class (data.custom_cls)
+    under the recipe's data config, get the released path's token count for every size here; verl's
+    stock dataset does not."""
+    import random
+
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from verl.utils.dataset.rl_dataset import RLHFDataset, get_dataset_class
+
+    from verl_ext.tiny_model import build_processor
+
+    rng = random.Random(25)
+    sizes = [(120, 90), (2400, 1800), (640, 480), (511, 513), (1023, 1025)]
+    sizes += [(rng.randint(40, 1800), rng.randint(40, 1800)) for _ in range(35)]
+    src = tmp_path / "src"
+    (src / "i").mkdir(parents=True)
+    rows = []
+    for k, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (k * 5 % 255, 90, 30)).save(src / "i" / f"{k}.png", compress_level=1)
+        rows.append({"id": f"s{k}", "problem": "<image>Q", "answer": "1", "images": [f"i/{k}.png"], "problem_type": "math"})
+    (src / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(parse_args(["train", "--source", str(src), "--out-dir", str(tmp_path / "out"), "--quiet"]))
+    path = str(tmp_path / "out/train/train.parquet")
+
+    data = {**rlsd_cfg["data"], "filter_overlong_prompts": False, "cache_dir": str(tmp_path / "cache")}
+    config = OmegaConf.create(data)
+    assert data["image_patch_size"] == 16
+    cls = get_dataset_class(config)
+    assert cls.__name__ == "ReleasedResizeDataset" and issubclass(cls, RLHFDataset)
+    processor = build_processor(min_pixels=65536, max_pixels=16777216)  # Qwen3-VL-8B's image processor
+    ds = cls(data_files=[path], tokenizer=processor.tokenizer, config=config, processor=processor)
+    stock = RLHFDataset(data_files=[path], tokenizer=processor.tokenizer, config=config, processor=processor)
+    expected = {f"s{k}": released_tokens(w, h) for k, (w, h) in enumerate(sizes)}
+    ours = {ds[i]["extra_info"]["id"]: _dataset_tokens(ds, processor, ds[i], 16)[0] for i in range(len(ds))}
+    assert ours == expected
+    theirs = {stock[i]["extra_info"]["id"]: _dataset_tokens(stock, processor, stock[i], 14)[0] for i in range(len(stock))}
+    assert sum(theirs[k] == v for k, v in expected.items()) < len(sizes)  # the stock path differs on some
+    # the rollout's call (verl's agent loop awaits this classmethod with the processor's patch size)
+    import asyncio
+
+    item = ds[1]
+    images, _, _ = asyncio.run(cls.process_multi_modal_info(item["raw_prompt"], 16, config))
+    assert (images[0].size[0] // 32) * (images[0].size[1] // 32) == expected[item["extra_info"]["id"]]

@@ -417,3 +417,85 @@ def test_visual_tokens_equal_the_released_resize(tmp_path, rlsd_cfg):
     item = ds[1]
     images, _, _ = asyncio.run(cls.process_multi_modal_info(item["raw_prompt"], 16, config))
     assert (images[0].size[0] // 32) * (images[0].size[1] // 32) == expected[item["extra_info"]["id"]]
+
+
+# ------------------------------------------------------------------ released forms of the baselines
+# method -> settings of its released form (BASELINE_FORM=released), from the released flags
+RELEASED_FORMS = {
+    "grpo": {},
+    "rlsd": {("algorithm", "rlsd", "schedule_step"): "global", ("algorithm", "rlsd", "decay_steps"): 60,
+             ("algorithm", "teacher", "sync_every"): 20, ("algorithm", "teacher", "max_hint_length"): 12000,
+             ("algorithm", "teacher", "truncation_marker"): ""},
+    "opsd": {("actor_rollout_ref", "rollout", "n"): 1, ("algorithm", "teacher", "mode"): "live",
+             ("algorithm", "distill", "loss"): "sampled_kl"},
+    "sdpo": {("algorithm", "teacher", "template"): "sdpo_inline", ("algorithm", "distill", "loss"): "jsd_topk",
+             ("algorithm", "teacher", "mode"): "ema"},  # the paper's SDPO loss and EMA teacher stay
+    "grpo_opsd": {("algorithm", "teacher", "hint"): "answer", ("algorithm", "teacher", "mode"): "live"},
+}
+
+
+@pytest.mark.parametrize("method", sorted(RELEASED_FORMS))
+def test_released_form_of_each_recipe(method, recipe_data_dir):
+    out = run_script(method, recipe_data_dir, BASELINE_FORM="released")
+    cfg = composed(out)
+    for keys, value in RELEASED_FORMS[method].items():
+        node = cfg
+        for k in keys:
+            node = node[k]
+        assert node == value, (method, keys)
+    assert cfg["algorithm"]["rollout"]["seed"] == 1
+    assert cfg["trainer"]["experiment_name"] == f"qwen3vl8b_{method}_released"
+    assert "baseline form (BASELINE_FORM): released" in out.stdout
+    lr = {"opsd": 1e-5, "sdpo": 1e-5}.get(method, 1e-6)  # the paper's learning rates stay
+    assert cfg["actor_rollout_ref"]["actor"]["optim"]["lr"] == pytest.approx(lr)
+
+
+def test_unknown_baseline_form_stops(recipe_data_dir):
+    out = run_script("opsd", recipe_data_dir, BASELINE_FORM="release")
+    assert out.returncode == 2 and "BASELINE_FORM=release: must be paper or released" in out.stderr
+
+
+def test_sampled_kl_gradient_is_the_released_kl_loss():
+    """The released OPSD loss mean_t(log s_t - log t_t) (teacher detached) and verl's PPO loss with our
+    sampled_kl advantages have the same gradient at ratio 1 (one update per step)."""
+    import torch
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
+    teacher = torch.randn(3, 5) - 2.0
+    released = ((logp - teacher) * mask).sum() / mask.sum()
+    (g_released,) = torch.autograd.grad(released, logits, retain_graph=True)
+
+    cfg = OmegaConf.create({"distill": {"loss": "sampled_kl"}})
+    adv, _ = get_adv_estimator_fn("opsd")(token_level_rewards=torch.zeros(3, 5), response_mask=mask, index=None,
+                                          config=cfg, teacher_log_probs=teacher, old_log_probs=logp.detach(),
+                                          global_step=1)
+    assert torch.equal(adv, -mask)
+    actor = OmegaConf.create({"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0,
+                              "loss_agg_mode": "token-mean", "policy_loss": {"loss_mode": "vanilla"},
+                              "global_batch_info": {"dp_size": 1, "batch_num_tokens": int(mask.sum())}})
+    loss = get_policy_loss_fn("vanilla")(old_log_prob=logp.detach(), log_prob=logp, advantages=adv,
+                                         response_mask=mask, loss_agg_mode="token-mean", config=actor)[0]
+    (g_ppo,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(g_ppo, g_released, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="sampled_kl"):
+        get_adv_estimator_fn("sdpo")(token_level_rewards=torch.zeros(3, 5), response_mask=mask, config=cfg,
+                                     teacher_log_probs=teacher, old_log_probs=logp.detach(), global_step=1)
+
+
+def test_sdpo_inline_template_renders_the_released_default():
+    """The released SDPO prompt without a template file: the question, then each section only when
+    present (written out by hand)."""
+    from verl_ext.privileged.builder import _render, load_template
+
+    t = load_template("sdpo_inline")
+    assert _render(t, " Q? ", "good", "bad", "F") == (
+        "Q?\n\nCorrect solution:\ngood\n\nThe following is feedback from your unsuccessful earlier attempt:\nbad\n\n"
+        "Correctly solve the original question.")
+    assert _render(t, "Q?", "good", "", "F") == "Q?\n\nCorrect solution:\ngood\n\nCorrectly solve the original question."
+    assert _render(t, "Q?", "", "", "F") == "Q?\n\nCorrectly solve the original question."

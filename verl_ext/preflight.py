@@ -262,6 +262,9 @@ def summary(config: DictConfig) -> str:
     }
     if str(r.adv_estimator) == "rlsd":
         lines["algorithm.rlsd lambda"] = _lambda_summary(config)
+    if str(r.adv_estimator) in TEACHER_ESTIMATORS:
+        lines["algorithm.distill.loss"] = r.get("distill", {}).get("loss")
+    lines["baseline form (BASELINE_FORM)"] = os.environ.get("BASELINE_FORM", "paper")
     ro = a.rollout
     extras = OmegaConf.to_container(r.get("rollout", {}), resolve=True)
     lines["rollout"] = (f"agent loop {ro.get('agent', {}).get('default_agent_loop')}, vision pad logit bias "

@@ -177,6 +177,12 @@ def _register_distill(estimator: str, fn, doc: str):
             response_mask,
             teacher_valid,
         )
+        if distill_options(config, estimator).loss == "sampled_kl":
+            # the released kl loss mean_t(log s - log t), teacher detached: its gradient is grad log s on
+            # every sampled token, which verl's PPO loss gives with advantage -1 (ratio 1: one update a step)
+            adv = -response_mask.float()
+            if teacher_valid is not None:
+                adv = adv * teacher_valid.float().unsqueeze(-1)
         _log(metrics, estimator, values)
         return adv, adv
 

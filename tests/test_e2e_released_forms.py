@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FORMS = ("opsd", "sdpo", "grpo_opsd")
 COMMON = ["data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=4",
           "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1"]
-TINY = {"sdpo": ["algorithm.distill.loss=jsd_topk", "algorithm.distill.topk=8"]}  # the recipe's SDPO loss, k for the tiny model
+# the recipe's SDPO loss (k for the tiny model); OPSD's one response per prompt gives 4 rows a step, so
+# micro-batches of 4 (the CPU config's 16 need 16 rows; the GPU recipes batch by tokens)
+TINY = {"sdpo": ["algorithm.distill.loss=jsd_topk", "algorithm.distill.topk=8"],
+        "opsd": ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+                 "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+                 "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"]}
 
 
 def released_overrides(method: str) -> list[str]:

@@ -105,6 +105,8 @@ class Sample:
     extra: dict[str, Any] = field(default_factory=dict)
     trace: str | None = None
     prepend_images: bool = False
+    # the source row as written, for templates that read the released variables (see PromptRenderer)
+    template_fields: dict[str, Any] | None = None
 
 
 # Largest image a row may store, and largest zip member read (bytes); --max-image-bytes changes it.
@@ -406,21 +408,34 @@ def image_bytes(value: Any, opts: ImageOptions) -> bytes:
 
 
 class PromptRenderer:
-    """The student prompt, a Jinja template (``templates/student_prompt.jinja`` by default)."""
+    """The student prompt, a Jinja template (``templates/student_prompt.jinja`` by default), rendered
+    as the released loader renders its ``format_prompt``: the file's text stripped, the result kept
+    as it is (a template's leading or trailing newline is part of the prompt).
+
+    Variables: ours, always normalised: ``question``, ``task_type`` (one of ``PROBLEM_TYPES`` or a
+    kept other type), ``choices`` (option texts, letters removed, ``[]`` when the question lists
+    them), ``letters``. The released names: ``problem`` and ``content`` (the question) and every other
+    field of the source row as written (``problem_type``, ``options``, ...) when the converter passes
+    the row (the training set's paper layout); otherwise ``problem_type`` in the released spelling
+    and ``options`` = ``choices``."""
 
     def __init__(self, template_path: str | os.PathLike | None = None):
         path = Path(template_path or DEFAULT_TEMPLATE)
         if not path.is_file():
             raise FileNotFoundError(f"prompt template not found: {path}")
-        self.template = templating.compile_template(path.read_text(encoding="utf-8"), str(path))
+        self.template = templating.compile_template(path.read_text(encoding="utf-8").strip(), str(path))
         self.path = path
 
-    def render(self, question: str, problem_type: str, options: list[str]) -> str:
-        # ``problem``/``content``: the names the released template reads the question under; it
-        # also reads the released spelling of the type ("open-ended")
-        return templating.render(self.template, str(self.path), question=question, problem=question,
-                                 content=question, problem_type=RELEASED_SPELLING.get(problem_type, problem_type),
-                                 options=options, letters=LETTERS).strip()
+    def render(self, question: str, problem_type: str, options: list[str],
+               fields: dict[str, Any] | None = None) -> str:
+        if fields is None:
+            variables = {"problem": question, "content": question, "options": options,
+                         "problem_type": RELEASED_SPELLING.get(problem_type, problem_type)}
+        else:  # released: render(content=q, problem=q, **every other field of the row)
+            q = fields["problem"]
+            variables = {**{k: v for k, v in fields.items() if k != "problem"}, "problem": q, "content": q}
+        variables.update(question=question, task_type=problem_type, choices=options, letters=LETTERS)
+        return templating.render(self.template, str(self.path), **variables)
 
 
 def clean_answer_text(answer: Any) -> str:
@@ -489,6 +504,7 @@ BASE_EXTRA_FIELDS: dict[str, pa.DataType] = {
     "options": pa.list_(pa.string()),
     "question": pa.string(),
     "answer": pa.string(),
+    "raw_answer": pa.string(),  # the answer as written in the source: the teacher's hint, as released
 }
 
 
@@ -568,13 +584,13 @@ def build_row(sample: Sample, *, data_source: str, ability: str, split: str, ind
         question = IMAGE_TOKEN * len(images) + ("\n" if images else "") + question
     if options and options_in_question(question, options):
         options = []  # the question already lists them: print them once
-    content = renderer.render(question, ptype, options)
+    content = renderer.render(question, ptype, options, sample.template_fields)
     n_tokens = content.count(IMAGE_TOKEN)
     if n_tokens != len(images):
         raise BadRow("images", f"{len(images)} image(s) but {n_tokens} {IMAGE_TOKEN} placeholder(s) "
                                "in the prompt")
     extra = {"index": index, "split": split, "id": sample.id, "problem_type": ptype,
-             "options": options, "question": question, "answer": answer}
+             "options": options, "question": question, "answer": answer, "raw_answer": str(sample.answer)}
     if with_trace:
         extra[TRACE_FIELD] = sample.trace if sample.trace is not None else ""
     extra.update(sample.extra)

@@ -5,4 +5,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run_recipe \
   algorithm.adv_estimator=grpo \
   actor_rollout_ref.actor.optim.lr=1e-6 \
+  $(released_overrides grpo) \
   "$@"

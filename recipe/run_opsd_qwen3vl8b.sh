@@ -9,4 +9,5 @@ run_recipe \
   algorithm.teacher.hint=reference \
   algorithm.teacher.mode=frozen \
   actor_rollout_ref.actor.optim.lr=1e-5 \
+  $(released_overrides opsd) \
   "$@"

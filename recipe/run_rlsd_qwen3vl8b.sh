@@ -7,4 +7,5 @@ run_recipe \
   algorithm.teacher.hint=answer \
   algorithm.teacher.mode=frozen \
   actor_rollout_ref.actor.optim.lr=1e-6 \
+  $(released_overrides rlsd) \
   "$@"

@@ -14,4 +14,5 @@ run_recipe \
   algorithm.distill.alpha=0.5 \
   algorithm.distill.tail=true \
   algorithm.distill.is_clip=2.0 \
+  $(released_overrides sdpo) \
   "$@"

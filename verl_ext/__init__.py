@@ -16,5 +16,6 @@ from verl_ext import cpu  # noqa: F401  (CPU platform; active only with VERL_PLA
 from verl_ext import algorithms  # noqa: F401  (registers the estimators)
 from verl_ext import trainer  # noqa: F401  (registers the self_distill trainer mode)
 from verl_ext import distill  # noqa: F401  (registers the jsd_topk distillation loss)
+from verl_ext import rollout  # noqa: F401  (registers the rlsd_single_turn agent loop)
 
-__all__ = ["algorithms", "cpu", "distill", "trainer"]
+__all__ = ["algorithms", "cpu", "distill", "rollout", "trainer"]

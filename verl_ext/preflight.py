@@ -102,6 +102,20 @@ def check_estimator(config: DictConfig) -> None:
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
     check_ranges(rlsd, grpo_opsd)
+    check_rollout_options(config)
+
+
+def check_rollout_options(config: DictConfig) -> None:
+    """The agent loop's sampling extras: known keys, a number or null each."""
+    from verl_ext.rollout import rollout_options
+
+    try:
+        opts = rollout_options(config)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    for key, value in opts.items():
+        if value is not None and not isinstance(value, (int, float)):
+            raise ConfigError(f"algorithm.rollout.{key} must be a number or null, got {value!r}")
 
 
 def check_ranges(rlsd: dict, grpo_opsd: dict) -> None:
@@ -111,6 +125,10 @@ def check_ranges(rlsd: dict, grpo_opsd: dict) -> None:
     for key in ("decay_steps", "warmup_steps"):
         if int(rlsd[key]) < 0:
             raise ConfigError(f"algorithm.rlsd.{key} must be >= 0, got {rlsd[key]}")
+    from verl_ext.algorithms.registry import SCHEDULE_STEPS
+
+    if rlsd.get("schedule_step", "update") not in SCHEDULE_STEPS:
+        raise ConfigError(f"algorithm.rlsd.schedule_step must be one of {SCHEDULE_STEPS}, got {rlsd['schedule_step']!r}")
     if not 0.0 <= float(rlsd["clip_eps"]) < 1.0:
         raise ConfigError(f"algorithm.rlsd.clip_eps must lie in [0, 1), got {rlsd['clip_eps']}")
     if float(grpo_opsd["beta"]) < 0:
@@ -344,8 +362,38 @@ def summary(config: DictConfig) -> str:
         "data.train_batch_size x rollout.n": f"{config.data.train_batch_size} x {a.rollout.n}",
         "max prompt + response": f"{config.data.max_prompt_length} + {config.data.max_response_length}",
         "trainer.total_training_steps": config.trainer.total_training_steps,
+        "data.shuffle": f"{config.data.get('shuffle')} (false: file order, as released)",
+        "validation / checkpoints": (
+            f"test_freq={config.trainer.get('test_freq')} val_before_train={config.trainer.get('val_before_train')} "
+            f"save_freq={config.trainer.get('save_freq')} max_actor_ckpt_to_keep={config.trainer.get('max_actor_ckpt_to_keep')}"
+        ),
     }
+    if str(r.adv_estimator) == "rlsd":
+        lines["algorithm.rlsd lambda"] = _lambda_summary(config)
+    if str(r.adv_estimator) in TEACHER_ESTIMATORS:
+        lines["algorithm.distill.loss"] = r.get("distill", {}).get("loss")
+    lines["baseline form (BASELINE_FORM)"] = os.environ.get("BASELINE_FORM", "paper")
+    ro = a.rollout
+    extras = OmegaConf.to_container(r.get("rollout", {}), resolve=True)
+    lines["rollout"] = (f"agent loop {ro.get('agent', {}).get('default_agent_loop')}, vision pad logit bias "
+                        f"{extras.get('vision_logit_bias')}, request seed {extras.get('seed')} (+ sample index)")
     return "\n".join(f"{k}: {v}" for k, v in lines.items())
+
+
+def _lambda_summary(config: DictConfig) -> str:
+    from verl_ext.algorithms.estimators import rlsd_lambda
+    from verl_ext.algorithms.registry import schedule_position
+
+    o = section(config.algorithm, "rlsd", RLSD_DEFAULTS)
+
+    def lam(step):
+        return rlsd_lambda(schedule_position(step, o["schedule_step"]), float(o["lambda_init"]),
+                           int(o["decay_steps"]), int(o["warmup_steps"]))
+
+    total = int(config.trainer.total_training_steps or 0)
+    zero = next((s for s in range(1, total + 1) if lam(s) == 0.0 and s > int(o["warmup_steps"])), None)
+    return (f"schedule_step={o['schedule_step']} decay_steps={o['decay_steps']}: step 1 {lam(1):.4g}, "
+            f"step 2 {lam(2):.4g}, " + (f"0 from step {zero}" if zero else "never 0"))
 
 
 def _teacher_summary(config: DictConfig):

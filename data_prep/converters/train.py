@@ -77,6 +77,9 @@ class TrainConverter(Converter):
             # the paper's layout: the released reward grades a row without a type as open-ended
             ptype = "open" if prepend is False else ("multiple choice" if options else "math")
         trace = raw.get(TRACE_FIELD)
+        # the released loader renders its template with the row's fields; HF datasets gives a row
+        # without problem_type None there (the column exists in the file), not an undefined name
+        fields = {**raw, "problem_type": raw.get("problem_type")} if not prepend else None
         return Sample(id=row_id, question=question, answer=need(raw, "answer"), problem_type=ptype,
-                      options=options, images=images, trace=trace, prepend_images=prepend,
-                      extra={"source": None if source is None else str(source)})
+                      options=list(options), images=images, trace=trace, prepend_images=prepend,
+                      extra={"source": None if source is None else str(source)}, template_fields=fields)

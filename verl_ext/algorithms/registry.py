@@ -10,13 +10,15 @@ Knobs, read from the algorithm config (``algorithm.<name>.<key>``):
 
 - ``algorithm.rlsd``: ``lambda_init`` (0.5), ``decay_steps`` (50), ``warmup_steps`` (0),
   ``clip_eps`` (0.2), ``negative_only`` (false), ``thought_only`` (false: when true the trainer
-  passes ``reweight_mask`` marking the thought span).
+  passes ``reweight_mask`` marking the thought span), ``schedule_step`` (``update``; ``global``
+  with ``decay_steps=60`` gives the released schedule).
 - ``algorithm.grpo_opsd``: ``beta`` (0.1; the paper does not report its value).
 - ``algorithm.norm_adv_by_std_in_grpo`` (verl's own key) for the GRPO part of ``rlsd`` and
   ``grpo_opsd``.
 
 ``global_step`` is verl's trainer step, which starts at 1; lambda is evaluated at
-``global_step - 1`` so the first update uses ``lambda_init``.
+``global_step - 1`` so the first update uses ``lambda_init`` (``schedule_step=update``), or at
+``global_step`` itself as the released code does (``schedule_step=global``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ RLSD_DEFAULTS = {
     "clip_eps": 0.2,
     "negative_only": False,
     "thought_only": False,
+    "schedule_step": "update",
 }
+# What step the lambda schedule reads: "update" counts updates from 0 (the paper: the first update
+# uses lambda_init); "global" is verl's global step, from 1 (the released code).
+SCHEDULE_STEPS = ("update", "global")
 GRPO_OPSD_DEFAULTS = {"beta": 0.1}
 # Estimators that need a teacher pass; grpo needs none.
 TEACHER_ESTIMATORS = ("rlsd", "opsd", "sdpo", "grpo_opsd")
@@ -93,6 +99,13 @@ def grpo_sequence_advantages(
     return seq_adv.squeeze(-1)
 
 
+def schedule_position(global_step: int, schedule_step: str) -> int:
+    """The step the lambda schedule is evaluated at for verl's ``global_step`` (from 1)."""
+    if schedule_step not in SCHEDULE_STEPS:
+        raise ValueError(f"algorithm.rlsd.schedule_step must be one of {SCHEDULE_STEPS}, got {schedule_step!r}")
+    return max(global_step - 1, 0) if schedule_step == "update" else global_step
+
+
 def _log(metrics: dict | None, prefix: str, values: dict[str, float]) -> None:
     if metrics is not None:
         metrics.update({f"{prefix}/{k}": v for k, v in values.items()})
@@ -123,7 +136,7 @@ def compute_rlsd_advantage(
         reweight_mask = _require("reweight_mask (algorithm.rlsd.thought_only=true)", "rlsd", reweight_mask)
     seq_adv = grpo_sequence_advantages(token_level_rewards, response_mask, index, config, "rlsd")
     lam = rlsd_lambda(
-        max(int(global_step) - 1, 0),
+        schedule_position(int(global_step), opts["schedule_step"]),
         init=float(opts["lambda_init"]),
         decay_steps=int(opts["decay_steps"]),
         warmup_steps=int(opts["warmup_steps"]),
@@ -164,6 +177,12 @@ def _register_distill(estimator: str, fn, doc: str):
             response_mask,
             teacher_valid,
         )
+        if distill_options(config, estimator).loss == "sampled_kl":
+            # the released kl loss mean_t(log s - log t), teacher detached: its gradient is grad log s on
+            # every sampled token, which verl's PPO loss gives with advantage -1 (ratio 1: one update a step)
+            adv = -response_mask.float()
+            if teacher_valid is not None:
+                adv = adv * teacher_valid.float().unsqueeze(-1)
         _log(metrics, estimator, values)
         return adv, adv
 

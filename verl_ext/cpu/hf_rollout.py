@@ -174,6 +174,7 @@ class HFRolloutServer:
             float(sampling_params.get("top_p", 1.0) if sampling_params.get("top_p") is not None else 1.0),
             int(sampling_params.get("top_k", -1) if sampling_params.get("top_k") is not None else -1),
             max_new,
+            tuple(sorted((int(t), float(b)) for t, b in (sampling_params.get("logit_bias") or {}).items())),
         )
         digest = request_digest(self.seed, key, prompt_ids, image_data)
         occurrence, self._seen[digest] = self._seen[digest], self._seen[digest] + 1
@@ -182,14 +183,18 @@ class HFRolloutServer:
             "vision": vision,
             "want_log_probs": want_lp is not None and want_lp is not False,
             "key": key,
-            "seed": request_seed(digest, occurrence),
+            # a request seed (vLLM's SamplingParams.seed) fixes the draws; else one per request
+            "seed": int(sampling_params["seed"]) if sampling_params.get("seed") is not None
+            else request_seed(digest, occurrence),
         }
 
     @torch.no_grad()
     def _generate_batch(self, requests: list[dict[str, Any]]) -> list[TokenOutput]:
         """KV-cached sampling of requests with equal sampling settings as one left-padded batch: M-RoPE positions
         come from the attention mask (padding skipped), log-probs under the unprocessed logits."""
-        temperature, top_p, top_k, max_new = requests[0]["key"]
+        temperature, top_p, top_k, max_new, bias = requests[0]["key"]
+        bias_ids = torch.tensor([t for t, _ in bias], dtype=torch.long)
+        bias_values = torch.tensor([b for _, b in bias], dtype=torch.float32)
         B, n = len(requests), max(len(r["ids"]) for r in requests)
         ids = torch.full((B, n), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -219,7 +224,9 @@ class HFRolloutServer:
         generators = [torch.Generator().manual_seed(r["seed"]) for r in requests]
         want_log_probs = any(r["want_log_probs"] for r in requests)
         for step in range(max_new):
-            token = sample_next_token(logits, temperature, top_p, top_k, generator=generators)
+            # vLLM's logit_bias: added before sampling; log-probs stay those of the unprocessed logits
+            biased = logits.index_add(-1, bias_ids, bias_values.expand(B, -1)) if len(bias) else logits
+            token = sample_next_token(biased, temperature, top_p, top_k, generator=generators)
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             tokens.append(token)
             if want_log_probs:

@@ -4,7 +4,8 @@
 key         meaning                                                                 default
 =========== ======================================================================= ==========
 loss        ``sampled``: the sampled-token form (advantage ``delta_t`` on the PPO    sampled
-            loss, as before); ``jsd_topk``: generalised JSD on the student's top-k
+            loss, as before); ``sampled_kl`` (opsd): the released ``kl`` loss
+            ``log s - log t`` on the sampled token, i.e. advantage -1; ``jsd_topk``: generalised JSD on the student's top-k
             tokens (+ tail) as the actor's loss; ``forward_kl_topk``: the same with
             ``alpha = 0``, i.e. ``KL(teacher || student)``
 topk        size k of the support                                                   100
@@ -29,7 +30,11 @@ from typing import Any
 
 from verl_ext.algorithms.checks import check_choice, options
 
-LOSSES = ("sampled", "jsd_topk", "forward_kl_topk")
+LOSSES = ("sampled", "sampled_kl", "jsd_topk", "forward_kl_topk")
+# Sampled-token forms (an advantage on verl's PPO loss): ``sampled`` (delta_t) and ``sampled_kl``, the
+# released OPSD ``kl`` loss ``mean_t(log s - log t)`` with the teacher detached, whose gradient is that
+# of a constant advantage -1 (opsd only).
+SAMPLED_LOSSES = ("sampled", "sampled_kl")
 SUPPORTS = ("student", "teacher")
 # Estimators whose teacher signal may be a logit-level loss (rlsd keeps the reward's direction by
 # reweighting A_i, which has no logit-level form).
@@ -65,7 +70,7 @@ class DistillOptions:
 
     @property
     def logit_level(self) -> bool:
-        return self.loss != "sampled"
+        return self.loss not in SAMPLED_LOSSES
 
     @property
     def effective_alpha(self) -> float:
@@ -80,6 +85,9 @@ class DistillOptions:
         values = {k: v for k, v in options(raw, "distill", (f.name for f in dataclasses.fields(cls))).items()}
         values = {k: v for k, v in values.items() if v is not None or k == "is_clip"}
         opts = cls(**values)
+        if opts.loss == "sampled_kl" and estimator != "opsd":
+            raise ValueError(f"algorithm.distill.loss=sampled_kl (the released OPSD kl loss) applies to opsd, not "
+                             f"algorithm.adv_estimator={estimator}")
         if opts.logit_level and estimator not in LOGIT_ESTIMATORS:
             raise ValueError(
                 f"algorithm.distill.loss={opts.loss} applies to {', '.join(LOGIT_ESTIMATORS)}, not "

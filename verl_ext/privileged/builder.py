@@ -23,7 +23,8 @@ appended). When prompt + response still exceed ``max_length``, the hint texts ar
 that does not fit even with empty hints gets no teacher signal (``valid`` false, counted in
 ``teacher/rows_over_budget``); nothing here raises on a row's data.
 
-Hints: ``answer`` (the ground truth; missing: no teacher signal, ``teacher/hint_missing``),
+Hints: ``answer`` (the answer as the data writes it, ``extra_info.raw_answer``, else the ground
+truth; missing: no teacher signal, ``teacher/hint_missing``),
 ``reference`` (the trace in ``extra_info``; missing or empty: the ground truth instead,
 ``teacher/hint_fallback``), ``sibling`` (other responses of the same group, see :func:`pick_siblings`),
 ``shuffled`` (the control: another prompt's answer or reference of the same problem type, see
@@ -321,7 +322,10 @@ class PrivilegedPromptBuilder:
                 value = ", ".join(str(v) for v in value)
             return None if value is None or not str(value).strip() else str(value)
 
-        answer = text(sample.ground_truth)
+        # the answer as written in the data (released: str(answer)); the reward's cleaned ground truth
+        # only for rows converted without it
+        raw = (sample.extra_info or {}).get("raw_answer")
+        answer = text(raw) if text(raw) is not None else text(sample.ground_truth)
         if (source or self.config.hint) == "answer":
             return answer, False
         trace = text((sample.extra_info or {}).get(self.config.reference_field))

@@ -32,8 +32,10 @@ restored policy at the first step.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -119,6 +121,18 @@ def student_samples_from_tensordict(data: TensorDict, tags: list[dict]) -> list[
     return out
 
 
+def prune_teacher_copies(root: str) -> list[str]:
+    """Remove the teacher copy of every step folder whose actor checkpoint verl has removed
+    (``trainer.max_actor_ckpt_to_keep``), so a kept-N policy keeps N teacher copies too."""
+    removed = []
+    for step_dir in glob.glob(os.path.join(root, "global_step_*")):
+        teacher = os.path.join(step_dir, "teacher")
+        if os.path.isdir(teacher) and not os.path.isdir(os.path.join(step_dir, "actor")):
+            shutil.rmtree(teacher, ignore_errors=True)
+            removed.append(teacher)
+    return sorted(removed)
+
+
 @register_trainer(TEACHER_TRAINER_MODE)
 class SelfDistillTrainer(PPOTrainerSync):
     """``trainer.v1.trainer_mode=self_distill``: the sync trainer with a privileged-teacher pass."""
@@ -199,6 +213,7 @@ class SelfDistillTrainer(PPOTrainerSync):
         if self.teacher_schedule is not None and self.teacher_schedule.needs_copy:
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             self.ref_policy_wg.save_teacher(self._teacher_checkpoint_dir(folder))
+            prune_teacher_copies(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
         super()._load_checkpoint()

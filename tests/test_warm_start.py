@@ -95,8 +95,18 @@ def test_lr_schedule():
     assert lr_at(250, 3e-3, 200, 100) == pytest.approx(3e-3 / 2**0.5)
 
 
-def test_probe_bar():
-    ok = {k: v for k, v in PROBE_BAR.items()}
+def test_probe_bar_reads_what_the_probe_measures(data, tiny_model_dir):
+    """The bar's keys are keys of ``measure``'s result (greedy answers of the random tiny model on two rows)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from verl_ext.warm_start import measure
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    colour, more = _tasks(data)["colour"][0], _tasks(data)["more"][0]
+    probe = measure(model, data, [colour, more])
+    assert set(PROBE_BAR) <= set(probe)
+    assert not passes(probe)  # a random model is in no format
+    ok = dict(PROBE_BAR)
     assert passes(ok)
     for key in PROBE_BAR:
         assert not passes({**ok, key: PROBE_BAR[key] - 0.01})

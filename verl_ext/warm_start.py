@@ -30,7 +30,7 @@ WARM_DEFAULTS = {"max_steps": 800, "batch_size": 16, "lr": 3e-3, "decay_after": 
                  "rows": 600, "gap_task": "more", "teacher_frac": 0.5, "probe_rows": 60, "probe_every": 50}  # fmt: skip
 # The probe's bar (greedy accuracy on held-out rows): format over all rows, the taught tasks, and the teacher
 # given the answer hint over all rows.
-PROBE_BAR = {"student_format": 0.95, "student_taught": 0.9, "teacher_answer": 0.97}
+PROBE_BAR = {"student_format": 0.95, "student_taught": 0.9, "teacher_answer_acc": 0.97}
 GAP_THOUGHT = "looking at the images"
 # Teacher-layout examples by hint source: the answer (RLSD), the reference trace (OPSD, GRPO+OPSD), a
 # successful sibling with or without a failed one (SDPO's template).

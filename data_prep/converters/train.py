@@ -81,5 +81,5 @@ class TrainConverter(Converter):
         # without problem_type None there (the column exists in the file), not an undefined name
         fields = {**raw, "problem_type": raw.get("problem_type")} if not prepend else None
         return Sample(id=row_id, question=question, answer=need(raw, "answer"), problem_type=ptype,
-                      options=list(options), images=images, trace=trace, prepend_images=prepend,
+                      options=options, images=images, trace=trace, prepend_images=prepend,
                       extra={"source": None if source is None else str(source)}, template_fields=fields)

@@ -268,7 +268,8 @@ class SelfDistillTrainer(PPOTrainerSync):
 
     def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
-        samples, teacher, hints, response_masks = self._build_teacher_inputs(batch, metrics)
+        with marked_timer("teacher_build", self.timing_raw, color="purple"):
+            samples, teacher, hints, response_masks = self._build_teacher_inputs(batch, metrics)
         if not bool(hints.valid.any()):
             # e.g. sdpo before any group has a sibling: no row gets a teacher signal, skip the forward
             empty = [torch.zeros(len(s.response_ids)) for s in samples]
@@ -296,7 +297,8 @@ class SelfDistillTrainer(PPOTrainerSync):
         keys = [f"{k}_teacher" for k in batch.keys]
         distill_info: dict = {}
         self.distill.add_teacher_inputs(batch, rows, distill_info)
-        tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
+        with marked_timer("teacher_put", self.timing_raw, color="purple"):
+            tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
         try:
             meta = KVBatchMeta(
                 keys=keys,
@@ -309,10 +311,11 @@ class SelfDistillTrainer(PPOTrainerSync):
                     **distill_info,
                 },
             )
-            if self.teacher_schedule.needs_copy:
-                output = self.ref_policy_wg.compute_ref_log_prob(meta)
-            else:
-                output = self.actor_rollout_wg.compute_log_prob(meta)
+            with marked_timer("teacher_forward", self.timing_raw, color="purple"):
+                if self.teacher_schedule.needs_copy:
+                    output = self.ref_policy_wg.compute_ref_log_prob(meta)
+                else:
+                    output = self.actor_rollout_wg.compute_log_prob(meta)
             assert len(output) == len(keys)
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             teacher_log_probs = response_from_nested(out["log_probs"], out["response_mask"])
@@ -389,12 +392,14 @@ class SelfDistillTrainer(PPOTrainerSync):
         # Diagnostics (verl_ext.diagnostics): diag/ leakage and stability metrics, token-credit dumps.
         if getattr(self, "_diagnostics", None) is None:
             self._diagnostics = TrainerDiagnostics(self.config.algorithm, self.tokenizer, self.estimator)
-        metrics.update(self._diagnostics.step(
-            step=int(self.global_steps), samples=samples, response_mask=mask, old_log_probs=old_log_probs,
-            teacher_log_probs=teacher_log_probs, advantages=advantages, uids=data.non_tensor_batch["uid"],
-            token_level_rewards=data.batch["token_level_rewards"], teacher_valid=teacher_valid,
-            lam=estimator_metrics.get("rlsd/lambda"),
-        ))  # fmt: skip
+        with marked_timer("adv_diag", self.timing_raw, color="purple"):
+            diag = self._diagnostics.step(
+                step=int(self.global_steps), samples=samples, response_mask=mask, old_log_probs=old_log_probs,
+                teacher_log_probs=teacher_log_probs, advantages=advantages, uids=data.non_tensor_batch["uid"],
+                token_level_rewards=data.batch["token_level_rewards"], teacher_valid=teacher_valid,
+                lam=estimator_metrics.get("rlsd/lambda"),
+            )  # fmt: skip
+        metrics.update(diag)
 
         out_fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:

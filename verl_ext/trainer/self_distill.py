@@ -195,10 +195,12 @@ class SelfDistillTrainer(PPOTrainerSync):
         return os.path.join(step_folder, "teacher")
 
     def _save_checkpoint(self):
-        super()._save_checkpoint()
+        # The teacher first: verl's save ends with its tracker file (latest_checkpointed_iteration.txt), the
+        # only thing resume_mode=auto reads, so a kill before that leaves the previous checkpoint selected.
         if self.teacher_schedule is not None and self.teacher_schedule.needs_copy:
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             self.ref_policy_wg.save_teacher(self._teacher_checkpoint_dir(folder))
+        super()._save_checkpoint()
 
     def _load_checkpoint(self):
         super()._load_checkpoint()

@@ -74,7 +74,10 @@ def save_local_parameters(module: torch.nn.Module, path: str) -> str:
     """Write this rank's local parameter shards to ``path/teacher_rank{r}.pt``; returns the file."""
     os.makedirs(path, exist_ok=True)
     file = os.path.join(path, f"teacher_rank{_rank()}.pt")
-    torch.save({n: _local(p.data).detach().cpu().clone() for n, p in module.named_parameters()}, file)
+    # written under a temporary name and renamed: a kill mid-write never leaves a truncated teacher file
+    tmp = f"{file}.tmp{os.getpid()}"
+    torch.save({n: _local(p.data).detach().cpu().clone() for n, p in module.named_parameters()}, tmp)
+    os.replace(tmp, file)
     return file
 
 

@@ -110,11 +110,12 @@ def compare_dumps(a_dir: Path, b_dir: Path, step: int, atol: float) -> dict[str,
     return worst
 
 
-def rlsd_run(work, model, data, name, n_workers, steps, extra=(), timeout=900):
+def rlsd_run(work, model, data, name, n_workers, steps, extra=(), timeout=900, method="rlsd"):
     folder = work / f"dump_{name}"
+    method_extra = {"rlsd": RLSD, "sdpo": SDPO}.get(method, [])
     metrics, _ = run_training(
-        "rlsd", work, model, data, steps=steps, run_name=name,
-        extra=[*COMMON, *RLSD, *workers(n_workers), *dumps(folder), "trainer.save_freq=1",
+        method, work, model, data, steps=steps, run_name=name,
+        extra=[*COMMON, *method_extra, *workers(n_workers), *dumps(folder), "trainer.save_freq=1",
                f"trainer.default_local_dir={work / f'ckpt_{name}'}", *extra], timeout=timeout,
     )  # fmt: skip
     return read_metrics(metrics), folder, work / f"ckpt_{name}"
@@ -171,13 +172,14 @@ def _wait_for_checkpoint(proc, ckpt: Path, step: int, timeout: float) -> None:
     raise AssertionError(f"no checkpoint {step} within {timeout} s")
 
 
-def _start(work, model, data, name, n_workers, steps, extra=()):
+def _start(work, model, data, name, n_workers, steps, extra=(), method="rlsd"):
     log = open(work / f"{name}.log", "w")
     overrides = [
         f"data.train_files={data / 'synthetic' / 'train.parquet'}", f"data.val_files={data / 'synthetic' / 'test.parquet'}",
         f"actor_rollout_ref.model.path={model}", f"trainer.total_training_steps={steps}", "trainer.experiment_name=rlsd",
-        f"trainer.default_local_dir={work / f'ckpt_{name}'}", "algorithm.adv_estimator=rlsd",
-        "trainer.v1.trainer_mode=self_distill", *COMMON, *RLSD, *workers(n_workers), *dumps(work / f"dump_{name}"),
+        f"trainer.default_local_dir={work / f'ckpt_{name}'}", f"algorithm.adv_estimator={method}",
+        "trainer.v1.trainer_mode=self_distill", *COMMON, *{"rlsd": RLSD, "sdpo": SDPO}[method], *workers(n_workers),
+        *dumps(work / f"dump_{name}"),
         "trainer.save_freq=1", *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(train_command(overrides), env=train_env(work / "metrics" / f"{name}.jsonl"), cwd=work,
@@ -185,36 +187,72 @@ def _start(work, model, data, name, n_workers, steps, extra=()):
     return proc, work / f"ckpt_{name}", work / f"{name}.log"
 
 
-def test_killed_after_checkpoint_resumes_exactly(reference, work, warm_model_dir, synthetic_data_dir):
-    """The whole run (driver, Ray, workers) gets SIGKILL once checkpoint 2 is written; resume_mode=auto continues
-    at step 3 and step 3 reproduces the uninterrupted run: sampled responses (dataloader position and rollout
-    seeds), reward, lambda, teacher sync, log-probs, advantages, loss, and the teacher copy's weights."""
-    import torch
-
+def kill_and_resume(work, model, data, name, n_workers, method="rlsd"):
+    """Run until checkpoint 2 is written, SIGKILL the whole run (driver, Ray, workers), resume with
+    resume_mode=auto up to step 3; returns the resumed run's (metrics, dump folder, checkpoint folder)."""
     (work / "metrics").mkdir(exist_ok=True)
-    proc, ckpt, _ = _start(work, warm_model_dir, synthetic_data_dir, "rlsd_killed", 1, 3)
+    proc, ckpt, _ = _start(work, model, data, name, n_workers, 3, method=method)
     try:
         _wait_for_checkpoint(proc, ckpt, 2, 900)
     finally:
         for p in reversed(_tree(proc.pid)):
             p.kill()
         proc.wait()
-    metrics, folder, ckpt = rlsd_run(work, warm_model_dir, synthetic_data_dir, "rlsd_killed", 1, 3,
-                                     extra=["trainer.resume_mode=auto"])  # fmt: skip
+    return rlsd_run(work, model, data, name, n_workers, 3, extra=["trainer.resume_mode=auto"], method=method)
+
+
+def assert_step3_reproduced(resumed, reference, n_workers, keys):
+    import torch
+
+    metrics, folder, ckpt = resumed
     ref_metrics, ref_folder, ref_ckpt = reference
     assert sorted(metrics) == [3], "the resumed run continues at step 3"
     got, want = metrics[3], ref_metrics[3]
     assert got["training/global_step"] == 3
-    for key in ("critic/score/mean", "rlsd/lambda", "teacher/synced", "teacher/blend_rate"):
+    for key in keys:
         assert got[key] == want[key], key
-    assert want["rlsd/lambda"] == pytest.approx(0.4 * (1 - 2 / 4)) and want["teacher/synced"] == 1.0  # sync at 1, 3
     # same machine, same thread count, same inputs: the resumed computation is the same float program
     compare_dumps(ref_folder, folder, 3, 1e-6)
-    assert got["actor/pg_loss"] == pytest.approx(want["actor/pg_loss"], abs=1e-6)
-    for name in ("teacher/teacher_rank0.pt",):
+    loss = "actor/distill/loss" if "actor/distill/loss" in want else "actor/pg_loss"
+    assert got[loss] == pytest.approx(want[loss], abs=1e-6)
+    for rank in range(n_workers):
+        name = f"teacher/teacher_rank{rank}.pt"
         a = torch.load(ckpt / "global_step_3" / name, weights_only=True)
         b = torch.load(ref_ckpt / "global_step_3" / name, weights_only=True)
-        assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+        assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a), name
+
+
+def test_killed_after_checkpoint_resumes_exactly(reference, work, warm_model_dir, synthetic_data_dir):
+    """The whole run gets SIGKILL once checkpoint 2 is written; resume_mode=auto continues at step 3 and step 3
+    reproduces the uninterrupted run: sampled responses (dataloader position and rollout seeds), reward, lambda,
+    teacher sync, log-probs, advantages, loss, and the teacher copy's weights."""
+    resumed = kill_and_resume(work, warm_model_dir, synthetic_data_dir, "rlsd_killed", 1)
+    want = reference[0][3]
+    assert want["rlsd/lambda"] == pytest.approx(0.4 * (1 - 2 / 4)) and want["teacher/synced"] == 1.0  # sync at 1, 3
+    assert_step3_reproduced(resumed, reference, 1, ("critic/score/mean", "rlsd/lambda", "teacher/synced",
+                                                    "teacher/blend_rate"))  # fmt: skip
+
+
+@slow
+def test_grpo_and_sdpo_topk_ema_on_two_workers(work, warm_model_dir, synthetic_data_dir):
+    for method in ("grpo", "sdpo"):
+        metrics, _, _ = rlsd_run(work, warm_model_dir, synthetic_data_dir, f"{method}_2w", 2, 2, method=method)
+        assert sorted(metrics) == [1, 2], method
+        for step, m in metrics.items():
+            bad = {k: v for k, v in m.items() if isinstance(v, float) and not math.isfinite(v)}
+            assert not bad, (method, step, bad)
+            assert m["actor/grad_norm"] >= 0.0
+        if method == "sdpo":
+            assert metrics[2]["teacher/blend_rate"] == 0.5  # EMA step before step 2
+            for key in ("actor/distill/loss", "actor/distill/student_topk_mass", "actor/distill/teacher_topk_mass"):
+                assert all(math.isfinite(m[key]) for m in metrics.values()), key
+
+
+@slow
+def test_two_workers_sdpo_ema_killed_and_resumed(work, warm_model_dir, synthetic_data_dir):
+    reference2 = rlsd_run(work, warm_model_dir, synthetic_data_dir, "sdpo_2w_ref", 2, 3, method="sdpo")
+    resumed = kill_and_resume(work, warm_model_dir, synthetic_data_dir, "sdpo_2w_killed", 2, method="sdpo")
+    assert_step3_reproduced(resumed, reference2, 2, ("critic/score/mean", "teacher/blend_rate"))
 
 
 WATCHDOG_BOUND_S = 120  # poll 2 s + the driver's shutdown (grace 30 s before a hard exit), on a busy machine

@@ -51,6 +51,13 @@ def main(config) -> None:
 
         ray.shutdown()
         raise SystemExit(1) from None
+    except Exception:
+        if watchdog.report() is None:  # verl's own error reached the driver first: name the dead worker too
+            raise
+        import ray
+
+        ray.shutdown()
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

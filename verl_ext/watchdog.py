@@ -83,12 +83,30 @@ class WorkerWatchdog:
                 self._fail(dead)
                 return
 
-    def _fail(self, dead: list[str]) -> None:
+    def report(self) -> str | None:
+        """After verl raised (e.g. ``ActorDiedError`` reached the driver first): the message, printed, if a worker
+        died; None otherwise."""
+        if self.message is None:
+            try:
+                import ray
+                from ray._private import state
+
+                dead = dead_workers(state.actors()) if ray.is_initialized() else []
+            except Exception:
+                dead = []
+            if dead:
+                self._set_message(dead)
+        return self.message
+
+    def _set_message(self, dead: list[str]) -> None:
         self.message = (
             f"a Ray worker died during training: {'; '.join(dead)}. The run is stopped; the last complete "
             f"checkpoint is {last_checkpoint(self.checkpoint_dir)} (trainer.resume_mode=auto resumes from it)."
         )
         print(f"\nERROR: {self.message}", file=sys.stderr, flush=True)
+
+    def _fail(self, dead: list[str]) -> None:
+        self._set_message(dead)
         os.kill(os.getpid(), signal.SIGINT)  # the driver's ray.get raises KeyboardInterrupt; Ray shuts down
         time.sleep(self.grace_s)
         print(f"ERROR: the driver did not stop within {self.grace_s:.0f} s; exiting", file=sys.stderr, flush=True)

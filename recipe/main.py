@@ -54,7 +54,12 @@ def main(config) -> None:
     except Exception:
         if watchdog.report() is None:  # verl's own error reached the driver first: name the dead worker too
             raise
+        import traceback
+
         import ray
+
+        traceback.print_exc()
+        print(f"ERROR: {watchdog.message}", file=sys.stderr, flush=True)  # last, below the traceback
 
         ray.shutdown()
         raise SystemExit(1) from None

@@ -281,3 +281,16 @@ def test_worker_killed_mid_step_ends_the_run_with_a_message(work, warm_model_dir
     assert "a Ray worker died during training" in text and f"pid {victim.pid}" in text, text[-3000:]
     assert f"the last complete checkpoint is {ckpt / 'global_step_1'}" in text
     print(f"the run ended {elapsed:.1f} s after the kill")
+
+
+def test_tracker_file_is_written_after_every_file_of_the_checkpoint(reference):
+    """resume_mode=auto loads only what verl's tracker names, so a kill during a save leaves the previous checkpoint
+    selected as long as the tracker is the last write: every file of the last checkpoint (the teacher copy included)
+    is older than it."""
+    ckpt = reference[2]
+    tracker = ckpt / "latest_checkpointed_iteration.txt"
+    assert tracker.read_text().strip() == "3"
+    files = [p for p in (ckpt / "global_step_3").rglob("*") if p.is_file()]
+    assert any(p.parent.name == "teacher" for p in files) and any(p.name == "data.pt" for p in files)
+    newest = max(files, key=lambda p: p.stat().st_mtime_ns)
+    assert newest.stat().st_mtime_ns <= tracker.stat().st_mtime_ns, newest

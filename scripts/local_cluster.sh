@@ -53,7 +53,8 @@ case "${1:-}" in
         fi
         mkdir -p "$DIR"
         # VERL_PLATFORM=cpu in the raylets' environment: the workers start from it
-        export VERL_PLATFORM=cpu RAY_DEDUP_LOGS=0
+        # token authentication off: the second raylet would need the head's token (a loopback-only rehearsal)
+        export VERL_PLATFORM=cpu RAY_DEDUP_LOGS=0 RAY_AUTH_MODE=disabled
         # shellcheck disable=SC2046
         "$RAY" start --head --node-ip-address=127.0.0.1 --port="$PORT" --temp-dir="$DIR" --num-cpus="$CPUS" \
             --num-gpus="$GPUS" --include-dashboard=false --disable-usage-stats \

@@ -38,10 +38,12 @@ def _cluster_pids(folder: str) -> list[int]:
 def test_rlsd_on_two_ray_nodes(tmp_path, warm_model_dir, synthetic_data_dir):
     port = _free_port()
     folder = f"/tmp/rlsd_ray_test_{port}"  # short: Ray's socket paths must stay under 107 characters
-    env = dict(os.environ, RAY_PORT=str(port), CLUSTER_DIR=folder, CPUS_PER_NODE="8", GPUS_PER_NODE="1")
+    env = dict(os.environ, RAY_PORT=str(port), CLUSTER_DIR=folder, CPUS_PER_NODE="8", GPUS_PER_NODE="1",
+               RAY_AUTH_MODE="disabled")
     address = f"127.0.0.1:{port}"
     try:
         subprocess.run(["bash", str(SCRIPT), "start"], env=env, check=True, timeout=300)
+        os.environ["RAY_AUTH_MODE"] = "disabled"  # the driver joins the cluster the script started
         metrics, ckpt = run_training(
             "rlsd", tmp_path, warm_model_dir, synthetic_data_dir, steps=2,
             extra=[*SMALL, "trainer.nnodes=2", "trainer.n_gpus_per_node=1", "ray_kwargs.ray_init.num_cpus=null",

@@ -6,17 +6,18 @@ drawn from its content and its occurrence (shared by the replicas), so both runs
 test matches them per prompt group by their token ids and compares the token-credit dump (teacher and student
 log-probs, RLSD token advantages) and the step's loss.
 
-Tolerance, from the arithmetic. Each log-prob is the same float32 function of the same inputs in both runs; what
-differs is which rows share a micro-batch (each rank holds half of the batch), hence the padded width and the
-blocking of the matrix products, i.e. the order of float32 additions. A reordered sum of K terms differs by at
-most ~K u sum|x_i| (u = 2^-24 ~ 6e-8); the largest sums are the log-sum-exp over the 151,669-token vocabulary
-(|logsumexp| ~ 12, its terms add to ~1) and the hidden/MLP products (K <= 128 with |x| ~ 1 per layer, 2 layers):
-a log-prob's error is a few hundred u times its scale, ~1e-5 for log-probs of magnitude ~10. We allow 1e-4 absolute
-(+ 1e-5 relative). The RLSD advantage ``A_t = A_i clip(exp(sign(A_i) (lT - lS)), 1 - eps, 1 + eps)`` is
-1-Lipschitz in the clip and ``|d exp(x)| <= (1 + eps) |dx|`` inside it, so ``|dA_t| <= |A_i| (1 + eps) 2 tol``.
-The loss is ``token-mean`` over the global mini-batch: verl divides each rank's token sum by the global token
-count and multiplies by the rank count (FSDP averages the gradients), so the reported loss is the same sum split
-over ranks; its error is the advantages' error (``|dL| <= max |dA_t|`` at ratio 1 plus the ratio's ``tol``).
+Tolerance, from the arithmetic. verl's FSDP2 engines compute in bf16 (mixed precision, ``param_dtype``); a padded
+micro-batch of several rows gives a row's log-probs that depend on its neighbours' lengths (other padded widths,
+other kernel blocking), at the bf16 level: up to a few units of 2^-8 x |logit| (0.06-0.11 seen with rows in another
+order). The tests therefore run one row per micro-batch (``*micro_batch_size_per_gpu=1``, one thread per rank):
+every row's forward is then the same bf16 program on the same inputs whichever rank or order it has, and its
+log-probs are equal bit for bit. What can still differ is fp32 arithmetic across rows: the loss is verl's
+``token-mean`` over the global mini-batch (each rank divides its token sum by the global token count and
+multiplies by the rank count; FSDP averages), i.e. the same terms summed in another order: at most n u sum|terms|
+with u = 2^-24 and n <= 256 tokens, below 1e-6 for losses of order 0.1. The RLSD advantage
+``A_i clip(exp(sign(A_i) delta_t), 1 - eps, 1 + eps)`` is computed on the driver from bitwise-equal inputs except
+``A_i``'s group mean and std, fp32 sums over 4 rows: |dA_t| <= (1 + eps) |dA_i| ~ 1e-7. We allow 1e-6 absolute on
+log-probs, advantages and the loss (ATOL), and report the largest difference seen.
 
 Set ``RLSD_SLOW_TESTS=1`` for the longer runs (GRPO and SDPO/jsd_topk/EMA at two workers; a two-worker
 kill-and-resume).
@@ -45,8 +46,9 @@ slow = pytest.mark.skipif(not SLOW, reason="set RLSD_SLOW_TESTS=1 to run")
 N = 4  # responses per prompt
 COMMON = [
     "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4", f"actor_rollout_ref.rollout.n={N}",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+    # one row per micro-batch: a row's bf16 log-probs then do not depend on which rows share its micro-batch
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1",
     "trainer.val_before_train=false", "trainer.test_freq=-1",
     "+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS='1'",
     "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_EXT_ROLLOUT_THREADS='1'",
@@ -55,7 +57,7 @@ RLSD = ["algorithm.rlsd.lambda_init=0.4", "algorithm.rlsd.decay_steps=4", "algor
         "algorithm.teacher.sync_every=2"]  # fmt: skip
 SDPO = ["algorithm.distill.loss=jsd_topk", "algorithm.distill.topk=8", "algorithm.teacher.mode=ema",
         "algorithm.teacher.ema_rate=0.5"]  # fmt: skip
-ATOL, RTOL = 1e-4, 1e-5
+ATOL, RTOL = 1e-6, 0.0
 CLIP_EPS = 0.2  # algorithm.rlsd.clip_eps default (checked against the dump)
 
 
@@ -103,7 +105,7 @@ def compare_dumps(a_dir: Path, b_dir: Path, step: int, atol: float) -> dict[str,
                 for x, y in zip(a["tokens"][key], b["tokens"][key], strict=True):
                     assert abs(x - y) <= atol + RTOL * abs(y), f"{key}: {x} vs {y}"
                     worst[key] = max(worst[key], abs(x - y))
-            bound = abs(a["seq_advantage"]) * (1 + CLIP_EPS) * 2 * (atol + RTOL * 20) + 1e-7
+            bound = (1 + CLIP_EPS) * atol
             for x, y in zip(a["tokens"]["advantage"], b["tokens"]["advantage"], strict=True):
                 assert abs(x - y) <= bound, f"advantage {x} vs {y} (bound {bound})"
                 worst["advantage"] = max(worst["advantage"], abs(x - y))
@@ -144,9 +146,7 @@ def test_two_workers_teacher_log_probs_and_rlsd_advantages_match_one(reference, 
 
 def test_two_workers_loss_matches_one(reference, two_workers):
     m1, m2 = reference[0][1], two_workers[0][1]
-    adv = max(abs(m1["critic/advantages/max"]), abs(m1["critic/advantages/min"]))
-    # |dL| <= max|dA_t| + max|A_t| * |d ratio| with |d ratio| <= 2 tol (ratio = exp(logp - logp_old) ~ 1)
-    bound = adv * (1 + CLIP_EPS) * 2 * ATOL + adv * 2 * ATOL + 1e-6
+    bound = ATOL  # the same per-token terms, summed over ranks and micro-batches in another order
     assert m1["critic/score/mean"] == m2["critic/score/mean"]
     assert m1["rlsd/lambda"] == m2["rlsd/lambda"] == pytest.approx(0.4)
     assert abs(m1["actor/pg_loss"] - m2["actor/pg_loss"]) <= bound, (m1["actor/pg_loss"], m2["actor/pg_loss"], bound)

@@ -12,8 +12,9 @@
 # `stop` never runs `ray stop` (that would stop every Ray instance of the user).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RAY="${RAY:-$ROOT/.venv/bin/ray}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+# the CLI through this interpreter (a copied venv's bin/ray may name another Python in its first line)
+RAY_CLI=("$PYTHON" -m ray.scripts.scripts)
 PORT="${RAY_PORT:-6390}"
 DIR="${CLUSTER_DIR:-/tmp/rlsd_ray_$PORT}"
 CPUS="${CPUS_PER_NODE:-8}"
@@ -56,12 +57,12 @@ case "${1:-}" in
         # token authentication off: the second raylet would need the head's token (a loopback-only rehearsal)
         export VERL_PLATFORM=cpu RAY_DEDUP_LOGS=0 RAY_AUTH_MODE=disabled
         # shellcheck disable=SC2046
-        "$RAY" start --head --node-ip-address=127.0.0.1 --port="$PORT" --temp-dir="$DIR" --num-cpus="$CPUS" \
+        "${RAY_CLI[@]}" start --head --node-ip-address=127.0.0.1 --port="$PORT" --temp-dir="$DIR" --num-cpus="$CPUS" \
             --num-gpus="$GPUS" --include-dashboard=false --disable-usage-stats \
             --ray-client-server-port="$(free_ports 1)" $(node_args 0) >"$DIR/head.log" 2>&1 \
             || { cat "$DIR/head.log" >&2; exit 1; }
         # shellcheck disable=SC2046
-        "$RAY" start --address="$ADDRESS" --node-ip-address=127.0.0.1 --num-cpus="$CPUS" --num-gpus="$GPUS" \
+        "${RAY_CLI[@]}" start --address="$ADDRESS" --node-ip-address=127.0.0.1 --num-cpus="$CPUS" --num-gpus="$GPUS" \
             --disable-usage-stats $(node_args 1) >"$DIR/worker.log" 2>&1 \
             || { cat "$DIR/worker.log" >&2; "$0" stop; exit 1; }
         echo "Ray cluster of 2 nodes at $ADDRESS ($CPUS CPUs, $GPUS logical GPU each); temp dir $DIR"
@@ -86,7 +87,7 @@ case "${1:-}" in
         ;;
     status)
         if [ -z "$(pids)" ]; then echo "no cluster running under $DIR"; exit 1; fi
-        RAY_ADDRESS="$ADDRESS" "$RAY" status
+        RAY_ADDRESS="$ADDRESS" "${RAY_CLI[@]}" status
         ;;
     *)
         echo "usage: $0 start|stop|status" >&2

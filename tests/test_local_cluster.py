@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "local_cluster.sh"
 SMALL = [
     "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=4",
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8", "trainer.val_before_train=false", "trainer.test_freq=-1",
+    # 16 rows over 2 ranks: micro-batches that divide each rank's 8 rows
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "trainer.val_before_train=false", "trainer.test_freq=-1",
     "trainer.save_freq=2",
 ]  # fmt: skip
 

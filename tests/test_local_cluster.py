@@ -49,7 +49,9 @@ def test_rlsd_on_two_ray_nodes(tmp_path, warm_model_dir, synthetic_data_dir):
         metrics, ckpt = run_training(
             "rlsd", tmp_path, warm_model_dir, synthetic_data_dir, steps=2,
             extra=[*SMALL, "trainer.nnodes=2", "trainer.n_gpus_per_node=1", "ray_kwargs.ray_init.num_cpus=null",
-                   "ray_kwargs.ray_init.num_gpus=null", f"+ray_kwargs.ray_init.address={address}"],
+                   "ray_kwargs.ray_init.num_gpus=null", f"+ray_kwargs.ray_init.address={address}",
+                   # the trainer runs in the cluster's worker processes: they see the job's env, not the driver's
+                   f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={tmp_path / 'metrics' / 'rlsd.jsonl'}"],
             timeout=900,
         )  # fmt: skip
         steps = read_metrics(metrics)

@@ -23,14 +23,18 @@ from verl_ext.tiny_model import build_tiny_qwen3vl  # noqa: E402
 from verl_ext.warm_start import build_warm_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/adv", "timing_s/update_actor",
-         "timing_s/update_weights")  # fmt: skip
+# timing_s/adv contains timing_s/teacher (the teacher pass runs inside verl's "adv" timer); the teacher pass
+# is split into its input build, the TransferQueue put and the workers' forward.
+PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/teacher_build",
+         "timing_s/teacher_put", "timing_s/teacher_forward", "timing_s/adv", "timing_s/adv_diag",
+         "timing_s/update_actor", "timing_s/update_weights", "timing_s/teacher_sync")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--workdir", default=str(ROOT / "outputs" / "cpu_bench"))
+    parser.add_argument("--model-dir", default=None, help="a warm-started tiny model (default: built in --workdir)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
@@ -38,13 +42,19 @@ def main() -> None:
     if not (data / "synthetic" / "train.parquet").is_file():
         subprocess.run([sys.executable, str(ROOT / "data_prep" / "build_parquet.py"), "synthetic", "--out-dir", str(data),
                         "--quiet"], check=True)  # fmt: skip
-    model = build_warm_start(build_tiny_qwen3vl(work / "tiny_qwen3vl"), data / "synthetic" / "train.parquet",
-                             work / "tiny_qwen3vl_warm")
+    if args.model_dir:
+        model = Path(args.model_dir).resolve()
+    else:
+        model = build_warm_start(build_tiny_qwen3vl(work / "tiny_qwen3vl"), data / "synthetic" / "train.parquet",
+                                 work / "tiny_qwen3vl_warm")
     results = {}
     for method in ("grpo", "rlsd"):
         print(f"running {method} for {args.steps} steps ...", flush=True)
+        # GRPO on the self_distill trainer too (no teacher pass for grpo): both runs share the trainer, so the
+        # teacher pass is the only difference (verl's own sync trainer polls for rollouts every 2 s)
         path, _ = run_training(method, work, model, data, args.steps, run_name=f"bench_{method}",
-                               extra=["trainer.val_before_train=false", "trainer.test_freq=-1", *args.overrides])
+                               extra=["trainer.val_before_train=false", "trainer.test_freq=-1",
+                                      "trainer.v1.trainer_mode=self_distill", *args.overrides])
         metrics = train_steps(read_metrics(path))
         steps = sorted(metrics)[1:]
         results[method] = {key: [metrics[s].get(key, 0.0) for s in steps] for key in ("timing_s/step", *PARTS)}
@@ -54,7 +64,12 @@ def main() -> None:
         parts = "  ".join(f"{k.split('/')[-1]}={statistics.mean(v):.2f}" for k, v in timing.items() if k != "timing_s/step")
         print(f"  {method:5s} {statistics.mean(step):6.2f} +- {statistics.stdev(step) if len(step) > 1 else 0:.2f}   ({parts})")
     ratio = statistics.mean(results["rlsd"]["timing_s/step"]) / statistics.mean(results["grpo"]["timing_s/step"])
-    print(f"RLSD / GRPO step-time ratio: {ratio:.3f} (goal <= 1.10)")
+    print(f"RLSD / GRPO step-time ratio: {ratio:.3f} (goal <= 1.05)")
+    # within the RLSD run alone (robust to load that changes between the two runs): step / (step - teacher work)
+    rlsd = results["rlsd"]
+    extra = [t + s for t, s in zip(rlsd["timing_s/teacher"], rlsd.get("timing_s/teacher_sync", [0.0] * len(rlsd["timing_s/teacher"])))]
+    inrun = statistics.mean(s / (s - e) for s, e in zip(rlsd["timing_s/step"], extra))
+    print(f"within the RLSD run, step / (step - teacher pass - teacher sync): {inrun:.3f}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,31 @@ def main(config) -> None:
         print(DRY_RUN_MARKER)
         print(OmegaConf.to_yaml(config, resolve=True))
         return
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    from verl_ext.watchdog import WorkerWatchdog
+
+    # a dead worker ends the run with a message (the other ranks would wait in a collective for ever)
+    watchdog = WorkerWatchdog(config.trainer.get("default_local_dir")).start()
+    try:
+        run_ppo(config, task_runner_class=TaskRunnerV1)
+    except KeyboardInterrupt:
+        if watchdog.message is None:
+            raise
+        import ray
+
+        ray.shutdown()
+        raise SystemExit(1) from None
+    except Exception:
+        if watchdog.report() is None:  # verl's own error reached the driver first: name the dead worker too
+            raise
+        import traceback
+
+        import ray
+
+        traceback.print_exc()
+        print(f"ERROR: {watchdog.message}", file=sys.stderr, flush=True)  # last, below the traceback
+
+        ray.shutdown()
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -188,3 +188,40 @@ def test_sampled_requests_are_reproducible_whatever_the_batch(server):
     assert outs[1].token_ids == alone and outs[2].token_ids == again
     asyncio.run(server.update_weights({}))
     assert server._generate(p, params, im).token_ids == alone
+
+
+def test_replicas_share_one_occurrence_count(server, tiny_model_dir):
+    """Two replicas (verl's load balancer spreads the n samples of a prompt over them) draw with the shared
+    counter: four samples of one prompt over two servers get the seeds of occurrences 0..3, the same four
+    draws as four samples on one server alone, and never one seed twice."""
+    import asyncio
+
+    import ray
+    from verl.workers.config import HFModelConfig, RolloutConfig
+
+    from verl_ext.cpu.hf_rollout import seed_counter
+
+    p, im, _ = _prompt(server.processor, 1, "How many dots?")
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+    server._seen.clear()
+    alone = [server._generate(p, params, im).token_ids for _ in range(4)]
+    assert len({tuple(t) for t in alone}) > 1  # a seed per occurrence: the samples differ
+    ray.init(num_cpus=1, include_dashboard=False, namespace="test_seed_counter")
+    try:
+        config = RolloutConfig(name="hf", prompt_length=64, response_length=6, max_model_len=96, tensor_model_parallel_size=1)
+        counter = seed_counter("_test")
+        servers = [HFRolloutServer(config, HFModelConfig(path=str(tiny_model_dir)), replica_rank=r, seed_counter=counter)
+                   for r in range(2)]  # fmt: skip
+
+        async def spread():
+            # requests 0, 2 on replica 0 and 1, 3 on replica 1, one after the other (arrival order = occurrence)
+            outs = []
+            for i in range(4):
+                outs.append(await servers[i % 2].generate(p, params, f"r{i}", image_data=im))
+            return [o.token_ids for o in outs]
+
+        assert asyncio.run(spread()) == alone
+        ray.get(counter.reset.remote())
+        assert ray.get(counter.take.remote([b"x", b"x", b"y"])) == [0, 1, 0]
+    finally:
+        ray.shutdown()

@@ -295,6 +295,27 @@ def test_teacher_position_ids_equal_model_rope_index(parts, rows):
     assert not torch.equal(teacher[0].position_ids[1], teacher[0].position_ids[0])
 
 
+def test_group_rows_share_one_prompt_and_keep_exact_positions(parts, rows):
+    """The rows of a group are built from one rendered prompt; every row's ids and M-RoPE positions still equal
+    the model's own rope index over that row."""
+    image_id = parts.tok.convert_tokens_to_ids("<|image_pad|>")
+    answers = ["<answer>red</answer>", "<thought>maybe blue, maybe red, hard to say</thought><answer>blue</answer>", ""]
+    group = [StudentSample(**{**rows[0].__dict__, "response_ids": parts.tok.encode(a, add_special_tokens=False)})
+             for a in answers]
+    group.append(rows[2])  # another prompt in the same batch
+    builder = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="answer"))
+    teacher, _, _ = builder.build(group)
+    assert all(torch.equal(t.prompt_ids, teacher[0].prompt_ids) for t in teacher[:3])
+    for t, s in zip(teacher, group):
+        ids = t.input_ids.unsqueeze(0)
+        assert t.input_ids[t.prompt_ids.numel():].tolist() == list(s.response_ids)
+        mm_types = (ids == image_id).long()
+        grid = t.multi_modal_inputs.get("image_grid_thw")
+        want, _ = parts.model.model.get_rope_index(ids, mm_types, image_grid_thw=grid, attention_mask=torch.ones_like(ids))
+        assert torch.equal(t.position_ids[1:], want[:, 0])
+        assert torch.equal(t.position_ids[0], torch.arange(ids.shape[1]))
+
+
 def test_pixel_values_reused_not_recomputed(parts, rows):
     builder = PrivilegedPromptBuilder(parts.tok, parts.proc, TeacherConfig(hint="answer"))
     teacher, _, _ = builder.build(rows)

@@ -313,3 +313,48 @@ def test_teacher_copy_save_and_load_round_trip(tmp_path):
     restored = TeacherSchedule("frozen", sync_every=10)
     restored.on_start(14, teacher_restored=True)
     assert [restored.rate_at(s) for s in (15, 21)] == [None, 1.0]
+
+
+def test_teacher_copy_reaches_the_fp32_shards_after_an_eval_forward(tmp_path):
+    """FSDP2 (gloo, one rank, bf16 compute as verl's engines): after a no-grad forward the root unit keeps its
+    parameters unsharded in bf16 (verl reshards it only when fsdp_size > 1). ``reshard`` before the copy makes
+    the teacher's fp32 shards equal the policy's, and the saved copy holds those fp32 shards."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from verl_ext.trainer.worker import reshard, save_local_parameters
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+    dist.init_process_group("gloo")
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
+
+        def build(seed):
+            torch.manual_seed(seed)
+            model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 3))
+            fully_shard(model[0], mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)  # the root unit holds model[1]
+            return model
+
+        teacher, policy = build(0), build(1)
+        x = torch.randn(2, 8)
+        with torch.no_grad():
+            teacher(x)
+            assert any(p.dtype == torch.bfloat16 for p in teacher.parameters())  # root left unsharded in bf16
+            blend_parameters(reshard(teacher), reshard(policy), 1.0)
+            assert all(p.dtype == torch.float32 for p in teacher.parameters())
+            file = save_local_parameters(teacher, str(tmp_path))
+            saved = torch.load(file, weights_only=True)
+            want = {n: p.data.to_local() for n, p in policy.named_parameters()}
+            assert all(torch.equal(saved[n], want[n]) for n in want)
+            assert torch.equal(teacher(x), policy(x))
+    finally:
+        dist.destroy_process_group()

@@ -87,10 +87,35 @@ def request_seed(digest: bytes, occurrence: int) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
+class SeedCounter:
+    """Ray actor shared by the replicas of one rollout: the occurrence count of each request digest since the
+    last weight update. verl's load balancer spreads the n samples of one prompt over the replicas, so
+    per-server counts would give two replicas' samples of a prompt the same seed (identical responses)."""
+
+    def __init__(self):
+        self._seen: collections.Counter = collections.Counter()
+
+    def take(self, digests: list[bytes]) -> list[int]:
+        out = []
+        for d in digests:
+            out.append(self._seen[d])
+            self._seen[d] += 1
+        return out
+
+    def reset(self) -> None:
+        self._seen.clear()
+
+
+def seed_counter(suffix: str = ""):
+    """The rollout's shared :class:`SeedCounter` (created by the first replica that asks)."""
+    return ray.remote(SeedCounter).options(name=f"{SERVER_PREFIX}seeds{suffix}", get_if_exists=True, num_cpus=0).remote()
+
+
 class HFRolloutServer:
     """Ray actor: a transformers model answering verl's ``generate`` calls (see module docstring)."""
 
-    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: Optional[int] = None):
+    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: Optional[int] = None,
+                 seed_counter=None):
         from transformers import AutoConfig, AutoProcessor
 
         from verl.utils.config import omega_conf_to_dataclass
@@ -128,6 +153,8 @@ class HFRolloutServer:
         # runs from one checkpoint validate alike and validation before and after training shares its noise
         self.seed = int(getattr(config, "seed", 0) or 0)
         self._seen: collections.Counter = collections.Counter()
+        # shared across replicas (SeedCounter); None: this server counts alone
+        self._seed_counter = seed_counter
 
     def _token_ids(self, hf_config, attr: str) -> list[int]:
         """Every ``attr`` (``eos_token_id``, ``pad_token_id``) set in the generation config, the model config
@@ -177,15 +204,19 @@ class HFRolloutServer:
             tuple(sorted((int(t), float(b)) for t, b in (sampling_params.get("logit_bias") or {}).items())),
         )
         digest = request_digest(self.seed, key, prompt_ids, image_data)
-        occurrence, self._seen[digest] = self._seen[digest], self._seen[digest] + 1
+        seed = None  # with a shared counter: assigned when the request's batch is taken (_serve)
+        if self._seed_counter is None:
+            occurrence, self._seen[digest] = self._seen[digest], self._seen[digest] + 1
+            seed = request_seed(digest, occurrence)
         return {
             "ids": ids,
             "vision": vision,
             "want_log_probs": want_lp is not None and want_lp is not False,
             "key": key,
-            # a request seed (vLLM's SamplingParams.seed) fixes the draws; else one per request
-            "seed": int(sampling_params["seed"]) if sampling_params.get("seed") is not None
-            else request_seed(digest, occurrence),
+            "digest": digest,
+            # a request seed (vLLM's SamplingParams.seed) fixes the draws; else one per request (None: assigned
+            # from the shared counter when the request's batch is taken)
+            "seed": int(sampling_params["seed"]) if sampling_params.get("seed") is not None else seed,
         }
 
     @torch.no_grad()
@@ -274,8 +305,14 @@ class HFRolloutServer:
             taken = {id(item) for item in batch}
             self._queue = [item for item in self._queue if id(item) not in taken]
             try:
+                requests = [req for req, _ in batch]
+                unseeded = [req for req in requests if req["seed"] is None]
+                if unseeded:  # one call per batch to the replicas' shared counter
+                    occurrences = await self._seed_counter.take.remote([req["digest"] for req in unseeded])
+                    for req, occurrence in zip(unseeded, occurrences):
+                        req["seed"] = request_seed(req["digest"], occurrence)
                 async with self._lock:
-                    outputs = await asyncio.to_thread(self._generate_batch, [req for req, _ in batch])
+                    outputs = await asyncio.to_thread(self._generate_batch, requests)
             except Exception as e:  # a failed batch fails its own requests, not the server
                 for _, fut in batch:
                     if not fut.done():
@@ -317,6 +354,8 @@ class HFRolloutServer:
                 for name, tensor in state_dict.items():
                     own[name].copy_(tensor.to(own[name].dtype))
             self._seen.clear()  # new weights: request seeds start over
+            if self._seed_counter is not None:
+                await self._seed_counter.reset.remote()
             if global_steps is not None:
                 self.global_steps = global_steps
         return len(state_dict)
@@ -379,8 +418,9 @@ class HFReplica(RolloutReplica):
         server = (
             ray.remote(HFRolloutServer)
             .options(**options)
-            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, num_threads=threads)
-        )
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, num_threads=threads,
+                    seed_counter=seed_counter(suffix))
+        )  # fmt: skip
         self.servers = [server]
         address, port = await server.get_server_address.remote()
         self._server_handle = server

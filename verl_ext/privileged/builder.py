@@ -448,6 +448,35 @@ class PrivilegedPromptBuilder:
         )
         return torch.cat([text.unsqueeze(0), vision[:, 0].to(torch.long)], dim=0)
 
+    def _row_position_ids(self, input_ids: torch.Tensor, prompt_len: int, mm: dict) -> torch.Tensor:
+        """:meth:`position_ids`, computed once per distinct prompt in a batch. The first row of a prompt
+        runs the model family's function; when its response positions are a plain text run
+        (``start + 0..R-1`` on every M-RoPE row), later rows of that prompt reuse the prompt's ids and
+        continue the run (responses holding image/video token ids always take the full path)."""
+        memo = getattr(self, "_position_memo", None)
+        if memo is None or self.processor is None or not hasattr(self.processor, "get_rope_index"):
+            return self.position_ids(input_ids, mm)
+        response = input_ids[prompt_len:]
+        plain = self._plain_text(response)
+        key = (tuple(input_ids[:prompt_len].tolist()), _grids(mm))
+        if plain and key in memo:
+            prompt_pos, start = memo[key]
+            run = start.unsqueeze(1) + torch.arange(response.numel(), dtype=torch.long)
+            vision = torch.cat([prompt_pos, run], dim=1)
+            return torch.cat([torch.arange(input_ids.numel(), dtype=torch.long).unsqueeze(0), vision], dim=0)
+        full = self.position_ids(input_ids, mm)
+        if plain and response.numel() > 0:
+            vision = full[1:]
+            start = vision[:, prompt_len]
+            run = start.unsqueeze(1) + torch.arange(response.numel(), dtype=torch.long)
+            if torch.equal(vision[:, prompt_len:], run):
+                memo[key] = (vision[:, :prompt_len].clone(), start.clone())
+        return full
+
+    def _plain_text(self, ids: torch.Tensor) -> bool:
+        special = [t for t in (self.image_token_id, self.video_token_id) if t is not None]
+        return not special or not bool(torch.isin(ids, torch.tensor(special)).any())
+
     # ---------------------------------------------------------------- build
     def _fit(self, context: str, history: list, hint: str, failed: str, budget: int | None, mm: dict):
         """Prompt ids with hints cut to ``max_hint_length`` and, if needed, further to fit ``budget``.
@@ -459,7 +488,15 @@ class PrivilegedPromptBuilder:
             (h, cut_h), (f, cut_f) = self._cut(hint, limit), self._cut(failed, limit)
             return self.render_prompt_ids(self.teacher_messages(context, h, f, history), mm), cut_h or cut_f
 
-        prompt, cut = attempt(int(self.config.max_hint_length))
+        # the rows of a group share context and hint: render and tokenize once per batch
+        key = (context, repr(history), hint, failed, _grids(mm))
+        memo = getattr(self, "_prompt_memo", None)
+        if memo is not None and key in memo:
+            prompt, cut = memo[key]
+        else:
+            prompt, cut = attempt(int(self.config.max_hint_length))
+            if memo is not None:
+                memo[key] = (prompt, cut)
         if budget is None or len(prompt) <= budget:
             return prompt, cut
         if len(attempt(0)[0]) > budget:
@@ -498,7 +535,7 @@ class PrivilegedPromptBuilder:
         return TeacherSample(
             prompt_ids=prompt_t,
             input_ids=input_ids,
-            position_ids=self.position_ids(input_ids, mm),
+            position_ids=self._row_position_ids(input_ids, prompt_t.numel(), mm),
             multi_modal_inputs=mm,
             hint_truncated=truncated and not over,
             over_budget=over,
@@ -509,7 +546,11 @@ class PrivilegedPromptBuilder:
         """Teacher inputs for a batch, the hints used (``valid`` includes the over-budget rows) and metrics."""
         hint_result = self.hints(samples, step)
         failed = hint_result.failed or [""] * len(samples)
-        out = [self.build_one(s, h, i, f) for i, (s, h, f) in enumerate(zip(samples, hint_result.hints, failed))]
+        self._prompt_memo, self._position_memo = {}, {}
+        try:
+            out = [self.build_one(s, h, i, f) for i, (s, h, f) in enumerate(zip(samples, hint_result.hints, failed))]
+        finally:
+            self._prompt_memo = self._position_memo = None
         for i, t in enumerate(out):
             if t.over_budget:
                 hint_result.valid[i] = False
@@ -527,6 +568,15 @@ class PrivilegedPromptBuilder:
             "teacher/prompt_length_mean": float(sum(len(t.prompt_ids) for t in out) / max(len(out), 1)),
         }
         return out, hint_result, metrics
+
+
+def _grids(mm: dict | None) -> tuple:
+    """The image/video grids of a row as a hashable key (rows with the same images share them)."""
+    mm = mm or {}
+    return tuple(
+        None if mm.get(k) is None else tuple(map(tuple, torch.as_tensor(mm[k]).tolist()))
+        for k in ("image_grid_thw", "video_grid_thw")
+    )
 
 
 def _student_context(sample: StudentSample) -> tuple[str, list[dict]]:

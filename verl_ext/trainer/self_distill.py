@@ -69,6 +69,7 @@ logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TEACHER_PARTITION = "self_distill_teacher"
+DEFAULT_POLL_INTERVAL_S = 0.05  # trainer.v1.self_distill.poll_interval_s
 # Fields of a trajectory the teacher pass reads from TransferQueue.
 _STUDENT_FIELDS = [
     "uid",
@@ -187,6 +188,14 @@ class SelfDistillTrainer(PPOTrainerSync):
             )
 
     # ------------------------------------------------------------------ setup
+    def _build_replay_buffer(self):
+        # verl's buffer checks for finished rollouts every 2 s: a step's generation then counts in whole 2 s
+        # units (measured on CPU: 4.01 or 6.02 s for ~3 s of work), ~1 s lost per step and a +-2 s jitter
+        buffer = super()._build_replay_buffer()
+        options = self.config.trainer.v1.get(TEACHER_TRAINER_MODE, None) or {}
+        buffer.poll_interval = float(options.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S))
+        return buffer
+
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         needs_copy = self.teacher_schedule is not None and self.teacher_schedule.needs_copy
@@ -209,10 +218,13 @@ class SelfDistillTrainer(PPOTrainerSync):
         return os.path.join(step_folder, "teacher")
 
     def _save_checkpoint(self):
-        super()._save_checkpoint()
+        # The teacher first: verl's save ends with its tracker file (latest_checkpointed_iteration.txt), the
+        # only thing resume_mode=auto reads, so a kill before that leaves the previous checkpoint selected.
         if self.teacher_schedule is not None and self.teacher_schedule.needs_copy:
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
             self.ref_policy_wg.save_teacher(self._teacher_checkpoint_dir(folder))
+        super()._save_checkpoint()
+        if self.teacher_schedule is not None and self.teacher_schedule.needs_copy:
             prune_teacher_copies(self.config.trainer.default_local_dir)
 
     def _load_checkpoint(self):
@@ -283,7 +295,8 @@ class SelfDistillTrainer(PPOTrainerSync):
 
     def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
-        samples, teacher, hints, response_masks = self._build_teacher_inputs(batch, metrics)
+        with marked_timer("teacher_build", self.timing_raw, color="purple"):
+            samples, teacher, hints, response_masks = self._build_teacher_inputs(batch, metrics)
         if not bool(hints.valid.any()):
             # e.g. sdpo before any group has a sibling: no row gets a teacher signal, skip the forward
             empty = [torch.zeros(len(s.response_ids)) for s in samples]
@@ -311,7 +324,8 @@ class SelfDistillTrainer(PPOTrainerSync):
         keys = [f"{k}_teacher" for k in batch.keys]
         distill_info: dict = {}
         self.distill.add_teacher_inputs(batch, rows, distill_info)
-        tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
+        with marked_timer("teacher_put", self.timing_raw, color="purple"):
+            tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
         try:
             meta = KVBatchMeta(
                 keys=keys,
@@ -324,10 +338,11 @@ class SelfDistillTrainer(PPOTrainerSync):
                     **distill_info,
                 },
             )
-            if self.teacher_schedule.needs_copy:
-                output = self.ref_policy_wg.compute_ref_log_prob(meta)
-            else:
-                output = self.actor_rollout_wg.compute_log_prob(meta)
+            with marked_timer("teacher_forward", self.timing_raw, color="purple"):
+                if self.teacher_schedule.needs_copy:
+                    output = self.ref_policy_wg.compute_ref_log_prob(meta)
+                else:
+                    output = self.actor_rollout_wg.compute_log_prob(meta)
             assert len(output) == len(keys)
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             teacher_log_probs = response_from_nested(out["log_probs"], out["response_mask"])
@@ -405,12 +420,14 @@ class SelfDistillTrainer(PPOTrainerSync):
         # Diagnostics (verl_ext.diagnostics): diag/ leakage and stability metrics, token-credit dumps.
         if getattr(self, "_diagnostics", None) is None:
             self._diagnostics = TrainerDiagnostics(self.config.algorithm, self.tokenizer, self.estimator)
-        metrics.update(self._diagnostics.step(
-            step=int(self.global_steps), samples=samples, response_mask=mask, old_log_probs=old_log_probs,
-            teacher_log_probs=teacher_log_probs, advantages=advantages, uids=data.non_tensor_batch["uid"],
-            token_level_rewards=data.batch["token_level_rewards"], teacher_valid=teacher_valid,
-            lam=estimator_metrics.get("rlsd/lambda"),
-        ))  # fmt: skip
+        with marked_timer("adv_diag", self.timing_raw, color="purple"):
+            diag = self._diagnostics.step(
+                step=int(self.global_steps), samples=samples, response_mask=mask, old_log_probs=old_log_probs,
+                teacher_log_probs=teacher_log_probs, advantages=advantages, uids=data.non_tensor_batch["uid"],
+                token_level_rewards=data.batch["token_level_rewards"], teacher_valid=teacher_valid,
+                lam=estimator_metrics.get("rlsd/lambda"),
+            )  # fmt: skip
+        metrics.update(diag)
 
         out_fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:

@@ -29,6 +29,22 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t._local_tensor if isinstance(t, DTensor) else t
 
 
+def reshard(module: torch.nn.Module) -> torch.nn.Module:
+    """Put every FSDP2 unit of ``module`` back in its sharded state, so that ``named_parameters`` are the fp32
+    shards. verl reshards the root unit after an eval pass only when ``fsdp_size > 1`` (default -1), so a
+    forward-only engine (the ref slot holding the teacher) keeps its root parameters (embedding, LM head,
+    final norm) unsharded in bf16 after its first forward: a copy would land there, a save would write full
+    bf16 tensors instead of this rank's shard, and the fp32 shards would never be updated."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return module
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
+    return module
+
+
 def _engine_module(worker) -> torch.nn.Module:
     module = getattr(worker.engine, "module", None)
     if module is None:
@@ -74,7 +90,10 @@ def save_local_parameters(module: torch.nn.Module, path: str) -> str:
     """Write this rank's local parameter shards to ``path/teacher_rank{r}.pt``; returns the file."""
     os.makedirs(path, exist_ok=True)
     file = os.path.join(path, f"teacher_rank{_rank()}.pt")
-    torch.save({n: _local(p.data).detach().cpu().clone() for n, p in module.named_parameters()}, file)
+    # written under a temporary name and renamed: a kill mid-write never leaves a truncated teacher file
+    tmp = f"{file}.tmp{os.getpid()}"
+    torch.save({n: _local(p.data).detach().cpu().clone() for n, p in module.named_parameters()}, tmp)
+    os.replace(tmp, file)
     return file
 
 
@@ -107,14 +126,15 @@ class SelfDistillWorker(DistillWorkerMixin, ActorRolloutRefWorker):
         actor_engine, ref_engine = self.actor.engine, self.ref.engine
         # Offloaded parameters are moved back by the engines' own load/offload helpers.
         with actor_engine.eval_mode(), ref_engine.eval_mode():
-            return blend_parameters(_engine_module(self.ref), _engine_module(self.actor), float(rate))
+            target, source = reshard(_engine_module(self.ref)), reshard(_engine_module(self.actor))
+            return blend_parameters(target, source, float(rate))
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_teacher(self, path: str) -> str:
         with self.ref.engine.eval_mode():
-            return save_local_parameters(_engine_module(self.ref), path)
+            return save_local_parameters(reshard(_engine_module(self.ref)), path)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_teacher(self, path: str) -> bool:
         with self.ref.engine.eval_mode():
-            return load_local_parameters(_engine_module(self.ref), path)
+            return load_local_parameters(reshard(_engine_module(self.ref)), path)

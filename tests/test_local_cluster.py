@@ -14,10 +14,7 @@ import pytest
 
 from verl_ext.cpu.launch import latest_checkpoint, read_metrics, run_training
 
-# opt-in until it has passed on a CI machine: its last fix (the file logger's path handed to the cluster's
-# workers) was first exercised after the rest of this test had run here
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.environ.get("RLSD_SLOW_TESTS") != "1",
-                                                  reason="set RLSD_SLOW_TESTS=1 to run")]
+pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "local_cluster.sh"
 SMALL = [

@@ -486,7 +486,7 @@ def test_template_files(tmp_path):
     bad.write_text("no question here {{ hint }}")
     with pytest.raises(ValueError, match="question"):
         load_template(str(bad))
-    with pytest.raises(FileNotFoundError, match="built-in templates: sdpo, teacher"):
+    with pytest.raises(FileNotFoundError, match="built-in templates: sdpo, sdpo_inline, teacher"):
         load_template("nonexistent")
     with pytest.raises(ValueError, match="hint must be one of"):
         TeacherConfig(hint="oracle")

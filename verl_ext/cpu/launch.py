@@ -92,8 +92,10 @@ def run_training(
     run_name: str | None = None,
     log_path: str | os.PathLike | None = None,
     timeout: float | None = None,
+    ckpt_name: str | None = None,
 ) -> tuple[Path, Path]:
-    """Run ``steps`` training steps of ``method``; return (metrics JSONL path, checkpoint dir).
+    """Run ``steps`` training steps of ``method``; return (metrics JSONL path, checkpoint dir
+    ``<workdir>/checkpoints/<ckpt_name or method>``).
 
     verl's output goes to ``log_path`` (default ``<workdir>/logs/<run>.log``); a non-zero exit raises
     with the log's tail.
@@ -101,7 +103,7 @@ def run_training(
     workdir = Path(workdir).resolve()
     run_name = run_name or method
     metrics = workdir / "metrics" / f"{run_name}.jsonl"
-    ckpt = workdir / "checkpoints" / run_name
+    ckpt = workdir / "checkpoints" / (ckpt_name or method)  # a run named otherwise still resumes the method's
     log = Path(log_path) if log_path else workdir / "logs" / f"{run_name}.log"
     for path in (metrics.parent, log.parent):
         path.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def run_training(
         f"data.val_files={data_dir / 'synthetic' / 'test.parquet'}",
         f"actor_rollout_ref.model.path={Path(model_dir).resolve()}",
         f"trainer.total_training_steps={steps}",
-        f"trainer.experiment_name={run_name}",
+        f"trainer.experiment_name={ckpt_name or method}",
         f"trainer.default_local_dir={ckpt}",
         *method_overrides(method),
         *extra,
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     rollouts = workdir / "rollouts" / run_name
     metrics_path, ckpt = run_training(
-        args.method, workdir, model_dir, data_dir, args.steps, run_name=run_name,
+        args.method, workdir, model_dir, data_dir, args.steps, run_name=run_name, ckpt_name=run_name,
         extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}",
                f"trainer.rollout_data_dir={rollouts}", *seed_overrides(args.seed), *args.overrides],
     )  # fmt: skip

@@ -95,8 +95,10 @@ def compare_dumps(a_dir: Path, b_dir: Path, step: int, atol: float) -> dict[str,
     one, two = read_dump(a_dir, step), read_dump(b_dir, step)
     assert len(one) == 4 and sorted(one) == sorted(two), "the runs sampled other responses"
     worst = {"teacher_logp": 0.0, "student_logp": 0.0, "advantage": 0.0}
+    # one seed per sample: some group's samples differ (a group may still agree when the warm start is sure of
+    # its answer, e.g. a short trace with a confident yes/no)
+    assert any(len(one[g]) > 1 for g in one), f"every group's {N} samples are identical: one seed for all?"
     for g in one:
-        assert len(one[g]) > 1, f"group {g[0]}: the {N} samples of a prompt must differ (one seed each)"
         for ids, a in one[g].items():
             b = two[g][ids]
             assert a["reward"] == b["reward"] and a["lambda"] == b["lambda"]

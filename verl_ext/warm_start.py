@@ -217,14 +217,17 @@ def measure(model, data: WarmData, indices: list[int]) -> dict[str, float]:
         row = data.rows[i]
         return compute_score(row.get("data_source"), text, data.truth(row), row.get("extra_info"))["acc"] >= 0.5
 
+    # each response graded once; per task and overall are means of the same list
+    graded = {who: [correct(i, text) for i, text in zip(indices, responses)]
+              for who, responses in (("student_acc", student), ("teacher_answer_acc", teacher))}
     result: dict[str, float] = {}
     tasks = sorted({data.task(data.rows[i]) for i in indices})
     for task in tasks:
         idx = [k for k, i in enumerate(indices) if data.task(data.rows[i]) == task]
-        result[f"student_acc/{task}"] = sum(correct(indices[k], student[k]) for k in idx) / len(idx)
-        result[f"teacher_answer_acc/{task}"] = sum(correct(indices[k], teacher[k]) for k in idx) / len(idx)
-    result["student_acc"] = sum(correct(i, s) for i, s in zip(indices, student)) / len(indices)
-    result["teacher_answer_acc"] = sum(correct(i, t) for i, t in zip(indices, teacher)) / len(indices)
+        for who, ok in graded.items():
+            result[f"{who}/{task}"] = sum(ok[k] for k in idx) / len(idx)
+    for who, ok in graded.items():
+        result[who] = sum(ok) / len(ok)
     result["student_format"] = sum(has_format(s) for s in student) / len(indices)
     taught = [t for t in tasks if t != data.gap_task]
     result["student_taught"] = min(result[f"student_acc/{t}"] for t in taught) if taught else 1.0

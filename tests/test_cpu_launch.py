@@ -99,16 +99,16 @@ def test_compare_script_table_and_plot(tmp_path):
         (tmp_path / "metrics" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     warm = tmp_path / "tiny_qwen3vl_warm"
     warm.mkdir()
-    (warm / "warm_start.json").write_text(json.dumps({"steps": 160, "probe_passed": True, "validation": {
+    (warm / "warm_start.json").write_text(json.dumps({"steps": 160, "probe_passed": True, "blur_steps": 40, "validation": {
         "student_acc": 0.7, "student_acc/colour": 0.9, "student_acc/more": 0.5, "teacher_answer_acc": 1.0,
-        "teacher_answer_acc/colour": 1.0, "teacher_answer_acc/more": 1.0}}))
+        "teacher_answer_acc/colour": 1.0, "teacher_answer_acc/more": 1.0, "blur_true_prob": 0.43}}))
     assert module.main(["--workdir", str(tmp_path), "--variants", "grpo", "rlsd", "--seeds", "0", "1"]) == 0
     lines = (tmp_path / "compare" / "cpu_compare.md").read_text().splitlines()
     # starts 50, 60 (mean 55, std sqrt(50) = 7.07); ends 70, 70; gains 20, 10 (mean 15, std 7.07)
     assert lines[2] == "| grpo | 2 | 55.0 ± 7.1 | 70.0 ± 0.0 | +15.0 ± 7.1 | +10.0 |"
     assert lines[3] == "| rlsd | 0 | - | - | - | - |"  # no validation after training
     assert "| grpo | 1 | 0.600 | 0.700 | +10.0 |" in lines
-    assert "| 0 | 160 | passed | 0.700 (colour 0.90, more 0.50) | 1.000 (colour 1.00, more 1.00) |" in lines
+    assert "| 0 | 160 | passed | 0.700 (colour 0.90, more 0.50) | 1.000 (colour 1.00, more 1.00) | 40 | 0.43 |" in lines
     assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -1,5 +1,6 @@
-"""The warm start's training examples: the taught task's reference traces, the gap task's fair draws, and the
-teacher-layout rows, whose prompt must be token for token the prompt the trainer's teacher pass builds."""
+"""The warm start's training examples: the reference traces, the chance task's fair draws, the blurred task's
+weighted targets, the weighted loss, the teacher-layout rows (whose prompt must be token for token the prompt the
+trainer's teacher pass builds), and the true-answer probability that stops the blur phase."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from verl_ext.warm_start import GAP_THOUGHT, PROBE_BAR, TEACHER_HINTS, WarmData, lr_at, passes
+from verl_ext.warm_start import CHANCE_THOUGHT, PROBE_BAR, TEACHER_HINTS, WarmData, lr_at, passes
 
 
 @pytest.fixture(scope="module")
@@ -19,32 +20,116 @@ def data(tiny_model_dir, synthetic_data_dir):
     from transformers import AutoProcessor
 
     rows = pq.read_table(str(synthetic_data_dir / "synthetic" / "train.parquet")).slice(0, 8).to_pylist()
-    return WarmData(rows, AutoProcessor.from_pretrained(str(tiny_model_dir)), gap_task="more")
+    return WarmData(rows, AutoProcessor.from_pretrained(str(tiny_model_dir)), blur_task="colour", chance_task="more")
 
 
 def _tasks(data):
     return {t: [i for i, r in enumerate(data.rows) if data.task(r) == t] for t in ("colour", "more")}
 
 
-def test_taught_task_targets_are_the_reference_traces(data):
+def test_taught_task_targets_are_the_reference_traces_until_the_blur(data):
     rng = random.Random(0)
+    assert data.blur_acc is None
     for i in _tasks(data)["colour"]:
         trace = data.rows[i]["extra_info"]["qwen3vl_235b_thinking_response"]
-        assert data.student_target(i, rng) == trace
+        assert data.student_targets(i, rng) == [(trace, 1.0)]
         assert trace.startswith("<thought>a ") and trace.endswith(f"<answer> {data.truth(data.rows[i])}</answer>")
 
 
-def test_gap_task_answers_are_fair_draws_independent_of_the_image(data):
-    """Each use of a gap-task row draws yes or no afresh: over 2,000 draws per row both answers appear, each within
-    5 binomial standard deviations of 1/2 (sd = sqrt(2000 / 4) = 22.4), and the thought never names a count."""
+def test_chance_task_answers_are_fair_draws_independent_of_the_image(data):
+    """Each use of a chance-task row draws yes or no afresh: over 2,000 draws per row both answers appear, each
+    within 5 binomial standard deviations of 1/2 (sd = sqrt(2000 / 4) = 22.4), and the thought never names a count."""
     rng = random.Random(1)
     assert data.answers["more"] == ["no", "yes"]
     for i in _tasks(data)["more"]:
-        counts = collections.Counter(data.student_target(i, rng) for _ in range(2000))
-        assert set(counts) == {f"<thought>{GAP_THOUGHT}</thought><answer> {a}</answer>" for a in ("yes", "no")}
+        counts = collections.Counter(t for _ in range(2000) for t, w in data.student_targets(i, rng))
+        assert set(counts) == {f"<thought>{CHANCE_THOUGHT}</thought><answer> {a}</answer>" for a in ("yes", "no")}
         assert all(abs(c - 1000) <= 5 * 22.4 for c in counts.values())
         # the teacher-layout target of the same row is its true answer
-        assert data.true_trace(i) == f"<thought>{GAP_THOUGHT}</thought><answer> {data.truth(data.rows[i])}</answer>"
+        assert data.true_trace(i) == f"<thought>{CHANCE_THOUGHT}</thought><answer> {data.truth(data.rows[i])}</answer>"
+
+
+def test_blurred_task_targets_every_answer_with_the_set_weights(data):
+    """While blurring at q = 0.4, a colour row's student targets are the four colours' traces (thought and answer
+    naming the same colour), the true one weighted 0.4 and each other 0.2; the chance task is unchanged."""
+    data.blur_acc = 0.4
+    try:
+        assert data.answers["colour"] == ["blue", "green", "red", "yellow"]
+        for i in _tasks(data)["colour"]:
+            truth = data.truth(data.rows[i])
+            shape = data.rows[i]["extra_info"]["qwen3vl_235b_thinking_response"].split("</thought>")[0].split()[-1]
+            got = dict(data.student_targets(i, random.Random(0)))
+            want = {f"<thought>a {c} {shape}</thought><answer> {c}</answer>": (0.4 if c == truth else 0.2)
+                    for c in data.answers["colour"]}
+            assert set(got) == set(want) and all(got[t] == pytest.approx(w, abs=1e-12) for t, w in want.items())
+            assert got[data.reference(i)] == 0.4
+        for i in _tasks(data)["more"]:
+            assert len(data.student_targets(i, random.Random(0))) == 1
+    finally:
+        data.blur_acc = None
+
+
+def test_weighted_sft_loss_is_the_weighted_token_mean(data, tiny_model_dir):
+    """``sft_loss`` with weights against transformers' own loss: weights (1, 1) give the plain token mean of the
+    two examples; weights (w, 1) give (w * L_a * n_a + L_b * n_b) / (w * n_a + n_b) from each example's own
+    mean loss L and target count n (one plain forward each, ``labels``)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from verl_ext.warm_start import sft_loss
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    i = _tasks(data)["colour"][0]
+    a = data.example(i, data.rows[i]["prompt"][0]["content"], data.reference(i))
+    b = data.example(i, data.rows[i]["prompt"][0]["content"], data.with_answer(i, "blue" if data.truth(data.rows[i]) != "blue" else "red"))
+    own = []
+    for ex in (a, b):
+        ids = ex["input_ids"][None]
+        labels = ids.clone()
+        labels[:, :ex["n_prompt"]] = -100
+        with torch.no_grad():
+            out = model(input_ids=ids, pixel_values=ex["pixel_values"], image_grid_thw=ex["image_grid_thw"],
+                        mm_token_type_ids=(ids == model.config.image_token_id).long(), labels=labels)
+        own.append((out.loss.item(), len(ex["input_ids"]) - ex["n_prompt"]))
+    (la, na), (lb, nb) = own
+    with torch.no_grad():
+        plain = sft_loss(model, [a, b], data.tok.pad_token_id).item()
+        weighted = sft_loss(model, [{**a, "weight": 0.25}, b], data.tok.pad_token_id).item()
+    # float32 sums of ~15 token losses: agreement to rounding (~1e-6 relative)
+    assert plain == pytest.approx((la * na + lb * nb) / (na + nb), rel=1e-5)
+    assert weighted == pytest.approx((0.25 * la * na + lb * nb) / (0.25 * na + nb), rel=1e-5)
+
+
+def test_true_answer_probability_matches_a_plain_forward(data, tiny_model_dir):
+    """``true_answer_prob`` against an independent computation: for each colour row and each colour, the summed
+    log-probability of the trace naming that colour from one plain forward of the whole sequence with
+    ``labels`` (transformers' own shifted loss times the number of target tokens), normalised over the colours."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from verl_ext.warm_start import true_answer_prob
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    data.blur_acc = None
+    rows = _tasks(data)["colour"]
+    got = true_answer_prob(model, data, list(range(len(data.rows))), batch_size=3)
+    probs, top = [], []
+    for i in rows:
+        lps = []
+        for c in data.answers["colour"]:
+            ex = data.example(i, data.rows[i]["prompt"][0]["content"], data.with_answer(i, c))
+            ids = ex["input_ids"][None]
+            labels = ids.clone()
+            labels[:, :ex["n_prompt"]] = -100
+            with torch.no_grad():
+                out = model(input_ids=ids, pixel_values=ex["pixel_values"], image_grid_thw=ex["image_grid_thw"],
+                            mm_token_type_ids=(ids == model.config.image_token_id).long(), labels=labels)
+            lps.append(-out.loss.item() * (len(ex["input_ids"]) - ex["n_prompt"]))
+        p = torch.softmax(torch.tensor(lps, dtype=torch.float64), 0)
+        t = data.answers["colour"].index(data.truth(data.rows[i]))
+        probs.append(float(p[t]))
+        top.append(int(p.argmax()) == t)
+    # float32 log-probs of ~15 tokens each: the two sums differ by rounding only (~1e-6 relative)
+    assert got["blur_true_prob"] == pytest.approx(sum(probs) / len(probs), abs=1e-4)
+    assert got["blur_true_top"] == sum(top) / len(top)
 
 
 @pytest.mark.parametrize("hint", ["answer", "reference"])
@@ -79,7 +164,7 @@ def test_sibling_layout_and_draw_mix(data):
     student_len = len(data.prompt(i, data.rows[i]["prompt"][0]["content"])["input_ids"])
     kinds = collections.Counter()
     for _ in range(400):
-        ex = data.draw(i, rng, teacher_frac=0.5)
+        (ex,) = data.draw(i, rng, teacher_frac=0.5)  # a "more" row: one example per use
         teacher = ex["n_prompt"] != student_len
         kinds[teacher] += 1
         target = data.tok.decode(ex["input_ids"][ex["n_prompt"]:].tolist())

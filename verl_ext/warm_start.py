@@ -1,22 +1,29 @@
 """The CPU default's starting policy: a supervised pass that leaves a known gap for RL to close.
 
 A fixed number of supervised steps lands wherever the machine's arithmetic takes it (one seed and one CPU
-gave 0.69 validation accuracy, another 0.48), so the warm start is built to a specification instead:
+gave 0.69 validation accuracy, another 0.48), so the warm start is built to a specification instead, in two
+phases, each stopped on a held-out probe (train rows after the ``rows`` used for training), not a step count:
 
-- **one task taught** (``colour``): student-layout rows with their reference traces;
-- **one task left at chance** (``gap_task``, default ``more``): student-layout rows whose answer is a fresh
-  uniform draw from the task's answers at every use, after a neutral thought. The model learns the format
-  and the answer set, never the task: nearly every group of 8 mixes rewards, and RL must learn it from the
-  reward alone;
-- **a teacher that reads its hint**: ``teacher_frac`` of each batch is rendered in the teacher's own layout
-  (``PrivilegedPromptBuilder``: question, hint, Format line; answer, reference and sibling hints) with the
-  true trace as the response, as an 8B instruct model can use a reference answer in its prompt;
-- **stopped on a probe**, not on a step count: every ``probe_every`` steps, greedy answers on held-out
-  train rows (after the ``rows`` used for training); it stops once the student is in format, knows the
-  taught task, and the teacher given the answer is right (``PROBE_BAR``), or at ``max_steps``.
+1. **teach**: the reference traces of every task but ``chance_task``; ``chance_task`` (default ``more``) gets a
+   neutral thought and a fresh uniform draw of its answers at every use, so the student learns its answer set,
+   never the task. ``teacher_frac`` of each batch is rendered in the teacher's own layout
+   (``PrivilegedPromptBuilder``: question, hint, Format line; answer, reference and sibling hints) with the
+   true trace as the response, as an 8B instruct model can use a reference answer in its prompt. It stops once
+   the student is in format, knows ``blur_task`` (greedy) and the teacher given the answer is right
+   (``PROBE_BAR``), or at ``max_steps``.
+2. **blur**: the same mix, except that the student's targets for ``blur_task`` (default ``colour``) are the traces
+   of all its answers, the true one weighted ``blur_acc`` and the others sharing the rest: the expected loss of
+   noisy labels, without their noise. Cross-entropy's minimiser is that distribution, so the student keeps the
+   task (its greedy answer stays right) but samples the right answer with a known probability. It stops once
+   the student's mean probability of the true answer (teacher-forced, over the task's answers) is at most
+   ``blur_acc + BLUR_TOL``.
 
-After training the same greedy measurement runs on the validation split and is saved in
-``warm_start.json`` (``python -m verl_ext.cpu.launch`` prints it before training).
+RL then has a known, learnable gap: every group of 8 on the blurred task mixes rewards, and sharpening what the
+model already knows (pass@k into pass@1) is what RL does in a dozen steps. A task left at chance cannot be
+that gap: 12 GRPO steps learned the validation split's majority answer of the chance task, not the task.
+
+After training, the greedy measurement and the true-answer probability run on the validation split and are
+saved in ``warm_start.json`` (``python -m verl_ext.cpu.launch`` prints them before training).
 """
 
 from __future__ import annotations
@@ -27,18 +34,19 @@ import time
 from pathlib import Path
 
 WARM_DEFAULTS = {"max_steps": 800, "batch_size": 16, "lr": 3e-3, "decay_after": 200, "halflife": 100, "seed": 0,
-                 "rows": 600, "gap_task": "more", "teacher_frac": 0.5, "probe_rows": 60, "probe_every": 50}  # fmt: skip
-# The probe's bar (greedy accuracy on held-out rows): format over all rows, the taught tasks, and the teacher
-# given the answer hint over all rows.
-PROBE_BAR = {"student_format": 0.95, "student_taught": 0.9, "teacher_answer_acc": 0.97}
-GAP_THOUGHT = "looking at the images"
+                 "rows": 600, "chance_task": "more", "blur_task": "colour", "blur_acc": 0.4, "blur_lr": 1e-3,
+                 "blur_max_steps": 300,
+                 "teacher_frac": 0.5, "probe_rows": 60, "probe_every": 50}  # fmt: skip
+# The first phase's bar (greedy accuracy on held-out rows): format over all rows, the gap task (known before it
+# is blurred), and the teacher given the answer hint over all rows.
+PROBE_BAR = {"student_format": 0.95, "student_blur_greedy": 0.9, "teacher_answer_acc": 0.97}
+# The second phase stops once the student's mean probability of the true gap answer is at most
+# blur_acc + BLUR_TOL, probed every BLUR_EVERY steps.
+BLUR_TOL, BLUR_EVERY = 0.05, 10
+CHANCE_THOUGHT = "looking at the images"
 # Teacher-layout examples by hint source: the answer (RLSD), the reference trace (OPSD, GRPO+OPSD), a
 # successful sibling with or without a failed one (SDPO's template).
 TEACHER_HINTS = ("answer", "reference", "sibling")
-
-
-def _trace(thought: str, answer: str) -> str:
-    return f"<thought>{thought}</thought><answer> {answer}</answer>"
 
 
 def _chat_text(tokenizer, content: str) -> str:
@@ -74,17 +82,20 @@ def teacher_content(builders, row: dict, hint: str, failed: str = "", template: 
 class WarmData:
     """Encoded prompts (student and teacher layouts) of a list of verl rows, and their training targets."""
 
-    def __init__(self, rows: list[dict], processor, gap_task: str | None, trace_field: str | None = None):
+    def __init__(self, rows: list[dict], processor, blur_task: str | None, trace_field: str | None = None,
+                 blur_acc: float | None = None, chance_task: str | None = None):
         from verl_ext.privileged.config import DEFAULT_REFERENCE_FIELD
         from verl_ext.tiny_model import row_images
 
         self.processor, self.tok = processor, processor.tokenizer
         self.trace_field = trace_field or DEFAULT_REFERENCE_FIELD  # the field the teacher's reference hint reads
-        self.gap_task = gap_task
+        self.blur_task = blur_task
+        self.chance_task = chance_task
+        self.blur_acc = blur_acc  # None: every row keeps its true trace (the teach phase)
         self.builders = _builders(processor)
         self.rows = rows
         self.images = [row_images(r, processor) for r in rows]
-        self.answers = {}  # per task: the answers seen, for the gap task's draws
+        self.answers = {}  # per task: the answers seen, for the draws
         for r in rows:
             self.answers.setdefault(self.task(r), set()).add(self.truth(r))
         self.answers = {k: sorted(v) for k, v in self.answers.items()}
@@ -106,17 +117,30 @@ class WarmData:
             raise ValueError(f"row {i} ({(row.get('extra_info') or {}).get('id')}): no reference trace in extra_info.{self.trace_field}")
         return str(trace)
 
-    def true_trace(self, i: int) -> str:
-        """The row's reference trace; on the gap task the neutral thought with the true answer."""
-        if self.task(self.rows[i]) == self.gap_task:
-            return _trace(GAP_THOUGHT, self.truth(self.rows[i]))
-        return self.reference(i)
+    def with_answer(self, i: int, answer: str) -> str:
+        """Row ``i``'s trace naming ``answer``: the reference trace with the true answer replaced (whole words,
+        thought included); on the chance task the neutral thought and ``answer``."""
+        import re
 
-    def student_target(self, i: int, rng: random.Random) -> str:
-        task = self.task(self.rows[i])
-        if task == self.gap_task:
-            return _trace(GAP_THOUGHT, rng.choice(self.answers[task]))
-        return self.reference(i)
+        if self.task(self.rows[i]) == self.chance_task:
+            return f"<thought>{CHANCE_THOUGHT}</thought><answer> {answer}</answer>"
+        return re.sub(rf"\b{re.escape(self.truth(self.rows[i]))}\b", answer, self.reference(i))
+
+    def true_trace(self, i: int) -> str:
+        return self.with_answer(i, self.truth(self.rows[i]))
+
+    def student_targets(self, i: int, rng: random.Random) -> list[tuple[str, float]]:
+        """Weighted student targets of row ``i``: the true trace; on the chance task a fresh uniform draw of its
+        answers; on the blur task while blurring, every answer's trace, the true one with weight ``blur_acc`` and
+        each other one with an equal share of the rest (the expected loss of such draws, without their noise)."""
+        task, truth = self.task(self.rows[i]), self.truth(self.rows[i])
+        if task == self.chance_task:
+            return [(self.with_answer(i, rng.choice(self.answers[task])), 1.0)]
+        others = [a for a in self.answers.get(task, []) if a != truth]
+        if task != self.blur_task or self.blur_acc is None or not others:
+            return [(self.true_trace(i), 1.0)]
+        rest = (1.0 - self.blur_acc) / len(others)
+        return [(self.true_trace(i), self.blur_acc)] + [(self.with_answer(i, a), rest) for a in others]
 
     def teacher_content(self, i: int, kind: str, rng: random.Random) -> str:
         row = self.rows[i]
@@ -125,7 +149,7 @@ class WarmData:
         if kind == "reference":
             return teacher_content(self.builders, row, self.reference(i))
         wrong = [a for a in self.answers[self.task(row)] if a != self.truth(row)]
-        failed = _trace(GAP_THOUGHT, rng.choice(wrong)) if wrong and rng.random() < 0.5 else ""
+        failed = self.with_answer(i, rng.choice(wrong)) if wrong and rng.random() < 0.5 else ""
         return teacher_content(self.builders, row, self.true_trace(i), failed, template="sdpo")
 
     def prompt(self, i: int, content: str) -> dict:
@@ -147,16 +171,19 @@ class WarmData:
         prompt = self.prompt(i, content)
         return {**prompt, "input_ids": torch.cat([prompt["input_ids"], self._targets[target]]), "n_prompt": len(prompt["input_ids"])}
 
-    def draw(self, i: int, rng: random.Random, teacher_frac: float) -> dict:
-        """One training example of row ``i``: teacher layout with probability ``teacher_frac``, else student."""
+    def draw(self, i: int, rng: random.Random, teacher_frac: float) -> list[dict]:
+        """The training examples of one use of row ``i`` (``weight`` each): teacher layout with probability
+        ``teacher_frac``, else student."""
         if rng.random() < teacher_frac:
             kind = rng.choice(TEACHER_HINTS)
-            return self.example(i, self.teacher_content(i, kind, rng), self.true_trace(i))
-        return self.example(i, self.rows[i]["prompt"][0]["content"], self.student_target(i, rng))
+            return [{**self.example(i, self.teacher_content(i, kind, rng), self.true_trace(i)), "weight": 1.0}]
+        return [{**self.example(i, self.rows[i]["prompt"][0]["content"], t), "weight": w}
+                for t, w in self.student_targets(i, rng)]
 
 
-def sft_loss(model, batch: list[dict], pad_id: int):
-    """Mean cross-entropy of the assistant tokens of ``batch`` (right-padded; logits only at target positions)."""
+def _target_logits(model, batch: list[dict], pad_id: int):
+    """Logits at the assistant tokens of ``batch`` (right-padded; the LM head only at target positions), their
+    labels, and the batch row of each."""
     import torch
 
     n = max(len(b["input_ids"]) for b in batch)
@@ -177,7 +204,47 @@ def sft_loss(model, batch: list[dict], pad_id: int):
     # the hidden state at position t predicts token t+1
     pred_pos = target[:, 1:]
     logits = model.lm_head(hidden[:, :-1][pred_pos])
-    return torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][pred_pos])
+    rows = torch.arange(len(batch)).unsqueeze(1).expand_as(pred_pos)[pred_pos]
+    return logits.float(), ids[:, 1:][pred_pos], rows
+
+
+def sft_loss(model, batch: list[dict], pad_id: int):
+    """Cross-entropy of the assistant tokens of ``batch``, each token weighted by its example's ``weight``
+    (default 1), over the weighted token count: the plain token mean when every weight is 1."""
+    import torch
+
+    logits, labels, rows = _target_logits(model, batch, pad_id)
+    w = torch.tensor([float(b.get("weight", 1.0)) for b in batch])[rows]
+    return (w * torch.nn.functional.cross_entropy(logits, labels, reduction="none")).sum() / w.sum()
+
+
+def true_answer_prob(model, data: WarmData, indices: list[int], batch_size: int = 32) -> dict[str, float]:
+    """Over the gap task's rows among ``indices``: the student's mean probability of the trace naming the true
+    answer, normalised over the traces naming each of the task's answers (teacher-forced, student prompt), and
+    the share of rows where the true one is the most probable."""
+    import torch
+
+    rows = [i for i in indices if data.task(data.rows[i]) == data.blur_task]
+    if not rows:
+        return {}
+    items = [(i, a) for i in rows for a in data.answers[data.blur_task]]
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batch = [data.example(i, data.rows[i]["prompt"][0]["content"], data.with_answer(i, a)) for i, a in chunk]
+            logits, labels, which = _target_logits(model, batch, data.tok.pad_token_id)
+            token_lp = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
+            scores.extend(torch.zeros(len(chunk)).index_add_(0, which, token_lp).tolist())
+    probs, top = [], []
+    k = len(data.answers[data.blur_task])
+    for r, i in enumerate(rows):
+        lp = torch.tensor(scores[r * k:(r + 1) * k])
+        p = torch.softmax(lp, 0)
+        t = data.answers[data.blur_task].index(data.truth(data.rows[i]))
+        probs.append(float(p[t]))
+        top.append(int(p.argmax()) == t)
+    return {"blur_true_prob": sum(probs) / len(probs), "blur_true_top": sum(top) / len(top)}
 
 
 def greedy_responses(model, data: WarmData, prompts: list[tuple[int, str]], max_new_tokens: int = 32,
@@ -229,8 +296,9 @@ def measure(model, data: WarmData, indices: list[int]) -> dict[str, float]:
     for who, ok in graded.items():
         result[who] = sum(ok) / len(ok)
     result["student_format"] = sum(has_format(s) for s in student) / len(indices)
-    taught = [t for t in tasks if t != data.gap_task]
+    taught = [t for t in tasks if t not in (data.blur_task, data.chance_task)]
     result["student_taught"] = min(result[f"student_acc/{t}"] for t in taught) if taught else 1.0
+    result["student_blur_greedy"] = result.get(f"student_acc/{data.blur_task}", 1.0)
     return result
 
 
@@ -249,14 +317,21 @@ def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DE
                      batch_size: int = WARM_DEFAULTS["batch_size"], lr: float = WARM_DEFAULTS["lr"],
                      decay_after: int = WARM_DEFAULTS["decay_after"], halflife: int = WARM_DEFAULTS["halflife"],
                      seed: int = WARM_DEFAULTS["seed"], rows: int | None = WARM_DEFAULTS["rows"],
-                     gap_task: str | None = WARM_DEFAULTS["gap_task"], teacher_frac: float = WARM_DEFAULTS["teacher_frac"],
+                     chance_task: str | None = WARM_DEFAULTS["chance_task"],
+                     blur_task: str | None = WARM_DEFAULTS["blur_task"],
+                     blur_acc: float | None = WARM_DEFAULTS["blur_acc"],
+                     blur_lr: float = WARM_DEFAULTS["blur_lr"],
+                     blur_max_steps: int = WARM_DEFAULTS["blur_max_steps"],
+                     teacher_frac: float = WARM_DEFAULTS["teacher_frac"],
                      probe_rows: int = WARM_DEFAULTS["probe_rows"], probe_every: int = WARM_DEFAULTS["probe_every"],
                      val_parquet=None, overwrite: bool = False, log=print) -> Path:
     """Fine-tune the tiny model in ``model_dir`` on the first ``rows`` rows of ``train_parquet`` as the module
-    docstring says (AdamW, ``lr_at`` schedule, batches sampled with replacement, seeded by ``seed``) until the probe on
-    the next ``probe_rows`` rows passes ``PROBE_BAR`` or ``max_steps``; save model, tokenizer and processor to
-    ``out_dir`` with ``warm_start.json`` (settings, steps taken, probe history, validation measurement when
-    ``val_parquet`` is given). ``probe_rows=0`` trains exactly ``max_steps`` steps.
+    docstring says (AdamW, batches sampled with replacement, seeded by ``seed``): teach (``lr_at`` schedule) until
+    the probe on the next ``probe_rows`` rows passes ``PROBE_BAR`` or ``max_steps``, then blur the gap task (constant
+    ``blur_lr``) until its true-answer probability reaches ``blur_acc`` or ``blur_max_steps``
+    (``blur_acc=None`` skips it); save model, tokenizer and processor to ``out_dir`` with ``warm_start.json``
+    (settings, steps taken, probe history, validation measurement when ``val_parquet`` is given). ``probe_rows=0``
+    trains exactly ``max_steps`` (and ``blur_max_steps``) steps.
 
     Reuses a complete ``out_dir`` whose record has the same settings, base model and train file (both
     unchanged since), unless ``overwrite``."""
@@ -269,7 +344,8 @@ def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DE
     settings = {"base": str(Path(model_dir).resolve()), "train": str(Path(train_parquet).resolve()),
                 "val": str(Path(val_parquet).resolve()) if val_parquet else None, "max_steps": max_steps,
                 "batch_size": batch_size, "lr": lr, "decay_after": decay_after, "halflife": halflife, "seed": seed,
-                "rows": rows, "gap_task": gap_task,
+                "rows": rows, "chance_task": chance_task, "blur_task": blur_task, "blur_acc": blur_acc, "blur_lr": blur_lr,
+                "blur_max_steps": blur_max_steps, "blur_tol": BLUR_TOL,
                 "teacher_frac": teacher_frac, "probe_rows": probe_rows, "probe_every": probe_every,
                 "probe_bar": PROBE_BAR}  # fmt: skip
     if record.is_file() and (out / "model.safetensors").is_file() and not overwrite:
@@ -285,40 +361,64 @@ def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DE
     table = pq.read_table(str(train_parquet))
     n_train = min(rows or table.num_rows, table.num_rows)
     n_probe = min(probe_rows, table.num_rows - n_train)
-    data = WarmData(table.slice(0, n_train + n_probe).to_pylist(), processor, gap_task)
+    data = WarmData(table.slice(0, n_train + n_probe).to_pylist(), processor, blur_task, chance_task=chance_task)
     probe_idx = list(range(n_train, n_train + n_probe))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses, history = [], []
-    step = 0
-    for step in range(1, max_steps + 1):
+
+    def train_step(step_lr: float) -> None:
         model.train()
-        batch = [data.draw(rng.randrange(n_train), rng, teacher_frac) for _ in range(batch_size)]
+        batch = [ex for _ in range(batch_size) for ex in data.draw(rng.randrange(n_train), rng, teacher_frac)]
         loss = sft_loss(model, batch, processor.tokenizer.pad_token_id)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr, decay_after, halflife)
+            group["lr"] = step_lr
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if log and (step % 10 == 0 or step == max_steps):
-            log(f"warm start step {step}/{max_steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
+
+    def say(text: str) -> None:
+        if log:
+            log(text)
+
+    step = 0
+    for step in range(1, max_steps + 1):
+        train_step(lr_at(step, lr, decay_after, halflife))
+        if step % 10 == 0 or step == max_steps:
+            say(f"warm start step {step}/{max_steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
         if probe_idx and step % probe_every == 0:
             model.eval()
             probe = {"step": step, **measure(model, data, probe_idx)}
             history.append(probe)
-            if log:
-                log("warm start probe: " + ", ".join(f"{k} {v:.2f}" for k, v in probe.items() if k != "step"))
+            say("warm start probe: " + ", ".join(f"{k} {v:.2f}" for k, v in probe.items() if k != "step"))
             if passes(probe):
                 break
     model.eval()
     result = {**settings, "mtimes": _mtimes(model_dir, train_parquet), "rows_used": n_train, "steps": step,
-              "probe_passed": bool(history) and passes(history[-1]), "probe": history, "final_loss": losses[-1]}
-    if probe_idx and not result["probe_passed"] and log:
-        log(f"warm start: the probe did not reach {PROBE_BAR} in {max_steps} steps; RL starts from what there is")
+              "probe_passed": bool(history) and passes(history[-1]), "probe": history}
+    if probe_idx and max_steps and not result["probe_passed"]:
+        say(f"warm start: the probe did not reach {PROBE_BAR} in {max_steps} steps; RL starts from what there is")
+    flat, blur = [], 0
+    if blur_acc is not None and blur_task:
+        data.blur_acc = blur_acc
+        for blur in range(1, blur_max_steps + 1):
+            train_step(blur_lr)
+            if probe_idx and blur % BLUR_EVERY == 0:
+                model.eval()
+                probe = {"step": blur, **true_answer_prob(model, data, probe_idx)}
+                flat.append(probe)
+                say(f"warm start blur step {blur}: loss {sum(losses[-10:]) / 10:.3f}, true-answer probability "
+                    f"{probe['blur_true_prob']:.2f}, true answer most probable on {probe['blur_true_top']:.2f}")
+                if probe["blur_true_prob"] <= blur_acc + BLUR_TOL:
+                    break
+        model.eval()
+    result.update(blur_steps=blur, blur_probe=flat, final_loss=losses[-1] if losses else None,
+                  blur_reached=bool(flat) and flat[-1]["blur_true_prob"] <= (blur_acc or 0) + BLUR_TOL)
     if val_parquet:
-        val = WarmData(pq.read_table(str(val_parquet)).to_pylist(), processor, gap_task)
-        result["validation"] = measure(model, val, list(range(len(val.rows))))
+        val = WarmData(pq.read_table(str(val_parquet)).to_pylist(), processor, blur_task, chance_task=chance_task)
+        idx = list(range(len(val.rows)))
+        result["validation"] = {**measure(model, val, idx), **true_answer_prob(model, val, idx)}
     result["seconds"] = round(time.time() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

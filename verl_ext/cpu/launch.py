@@ -237,12 +237,18 @@ def warm_start_lines(warm_dir: Path) -> list[str]:
     done = json.loads(record.read_text())
     val = done.get("validation")
     lines = [f"warm start: {done.get('steps')} supervised steps, probe {'passed' if done.get('probe_passed') else 'NOT passed'}"]
+    if done.get("blur_acc") is not None:
+        lines.append(f"  then {done.get('blur_steps')} steps blurring {done.get('blur_task')} towards a true-answer "
+                     f"probability of {done['blur_acc']} ({'reached' if done.get('blur_reached') else 'NOT reached'})")
     if val:
         tasks = sorted(k.split("/", 1)[1] for k in val if k.startswith("student_acc/"))
         per = lambda who: ", ".join(f"{t} {val[f'{who}/{t}']:.2f}" for t in tasks)  # noqa: E731
         lines.append(f"  student, no hint (greedy, validation): {val['student_acc']:.3f} ({per('student_acc')})")
         lines.append(f"  teacher given the answer (greedy, validation): {val['teacher_answer_acc']:.3f} "
                      f"({per('teacher_answer_acc')})")
+        if "blur_true_prob" in val:
+            lines.append(f"  student's probability of the true {done.get('blur_task')} answer (validation): "
+                         f"{val['blur_true_prob']:.2f}, the most probable one on {val['blur_true_top']:.2f} of rows")
     return lines
 
 

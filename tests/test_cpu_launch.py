@@ -136,3 +136,21 @@ def test_val_key_matches_the_cpu_config():
     released = OmegaConf.load(CONFIG_DIR / "qwen3vl8b.yaml").actor_rollout_ref.rollout.val_kwargs
     assert (val.temperature, val.top_p, val.top_k, val.do_sample) == (
         released.temperature, released.top_p, released.top_k, released.do_sample)
+
+
+def test_warm_start_lines_report_both_phases(tmp_path):
+    """What the launcher prints before training, from a warm-start record: the teach phase, the blur phase and
+    its target, and the validation measurement (student, teacher given the answer, true-colour probability)."""
+    from verl_ext.cpu.launch import warm_start_lines
+
+    assert warm_start_lines(tmp_path) == []
+    (tmp_path / "warm_start.json").write_text(json.dumps({
+        "steps": 350, "probe_passed": True, "blur_task": "colour", "blur_acc": 0.4, "blur_steps": 60, "blur_reached": True,
+        "validation": {"student_acc": 0.8, "student_acc/colour": 1.0, "student_acc/more": 0.6, "teacher_answer_acc": 1.0,
+                       "teacher_answer_acc/colour": 1.0, "teacher_answer_acc/more": 1.0,
+                       "blur_true_prob": 0.43, "blur_true_top": 1.0}}))
+    lines = warm_start_lines(tmp_path)
+    assert lines[0] == "warm start: 350 supervised steps, probe passed"
+    assert lines[1] == "  then 60 steps blurring colour towards a true-answer probability of 0.4 (reached)"
+    assert lines[2] == "  student, no hint (greedy, validation): 0.800 (colour 1.00, more 0.60)"
+    assert lines[4] == "  student's probability of the true colour answer (validation): 0.43, the most probable one on 1.00 of rows"

@@ -69,6 +69,17 @@ def test_blurred_task_targets_every_answer_with_the_set_weights(data):
         data.blur_acc = None
 
 
+def _own_loss(model, ex: dict) -> tuple[float, int]:
+    """Transformers' own mean loss over an example's target tokens (one plain forward with ``labels``), and their count."""
+    ids = ex["input_ids"][None]
+    labels = ids.clone()
+    labels[:, :ex["n_prompt"]] = -100
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=ex["pixel_values"], image_grid_thw=ex["image_grid_thw"],
+                    mm_token_type_ids=(ids == model.config.image_token_id).long(), labels=labels)
+    return out.loss.item(), len(ex["input_ids"]) - ex["n_prompt"]
+
+
 def test_weighted_sft_loss_is_the_weighted_token_mean(data, tiny_model_dir):
     """``sft_loss`` with weights against transformers' own loss: weights (1, 1) give the plain token mean of the
     two examples; weights (w, 1) give (w * L_a * n_a + L_b * n_b) / (w * n_a + n_b) from each example's own
@@ -81,16 +92,7 @@ def test_weighted_sft_loss_is_the_weighted_token_mean(data, tiny_model_dir):
     i = _tasks(data)["colour"][0]
     a = data.example(i, data.rows[i]["prompt"][0]["content"], data.reference(i))
     b = data.example(i, data.rows[i]["prompt"][0]["content"], data.with_answer(i, "blue" if data.truth(data.rows[i]) != "blue" else "red"))
-    own = []
-    for ex in (a, b):
-        ids = ex["input_ids"][None]
-        labels = ids.clone()
-        labels[:, :ex["n_prompt"]] = -100
-        with torch.no_grad():
-            out = model(input_ids=ids, pixel_values=ex["pixel_values"], image_grid_thw=ex["image_grid_thw"],
-                        mm_token_type_ids=(ids == model.config.image_token_id).long(), labels=labels)
-        own.append((out.loss.item(), len(ex["input_ids"]) - ex["n_prompt"]))
-    (la, na), (lb, nb) = own
+    (la, na), (lb, nb) = _own_loss(model, a), _own_loss(model, b)
     with torch.no_grad():
         plain = sft_loss(model, [a, b], data.tok.pad_token_id).item()
         weighted = sft_loss(model, [{**a, "weight": 0.25}, b], data.tok.pad_token_id).item()
@@ -115,14 +117,8 @@ def test_true_answer_probability_matches_a_plain_forward(data, tiny_model_dir):
     for i in rows:
         lps = []
         for c in data.answers["colour"]:
-            ex = data.example(i, data.rows[i]["prompt"][0]["content"], data.with_answer(i, c))
-            ids = ex["input_ids"][None]
-            labels = ids.clone()
-            labels[:, :ex["n_prompt"]] = -100
-            with torch.no_grad():
-                out = model(input_ids=ids, pixel_values=ex["pixel_values"], image_grid_thw=ex["image_grid_thw"],
-                            mm_token_type_ids=(ids == model.config.image_token_id).long(), labels=labels)
-            lps.append(-out.loss.item() * (len(ex["input_ids"]) - ex["n_prompt"]))
+            loss, n = _own_loss(model, data.example(i, data.rows[i]["prompt"][0]["content"], data.with_answer(i, c)))
+            lps.append(-loss * n)
         p = torch.softmax(torch.tensor(lps, dtype=torch.float64), 0)
         t = data.answers["colour"].index(data.truth(data.rows[i]))
         probs.append(float(p[t]))

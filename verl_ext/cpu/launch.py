@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         if not (data_dir / dataset / f"{split}.parquet").is_file():
             raise FileNotFoundError(f"{data_dir / dataset / f'{split}.parquet'} is missing (build_parquet.py {dataset})")
     run_name = args.run_name or (args.method if args.seed == 0 else f"{args.method}_seed{args.seed}")
+    if args.modality != "vl" and not args.run_name:
+        run_name = f"{args.modality}_{run_name}"  # its own metrics, logs and checkpoints beside the VL runs
     if args.model_dir:
         model_dir = Path(args.model_dir)
     else:

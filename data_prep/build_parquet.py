@@ -40,20 +40,23 @@ from data_prep.sources import SourceError, SourceRowError  # noqa: E402
 from data_prep.writer import RejectLog, SplitWriter  # noqa: E402
 
 ALL = ["train", "mmmu", "mathvista", "mathvision", "zerobench", "wemath", "synthetic"]
+# text sets for text-only models ("all" stays the multimodal set): a training set, three benchmarks, a generated set
+TEXT = ["dapo", "math500", "aime24", "aime25", "arithmetic"]
+GENERATED = {"synthetic", "arithmetic"}
 VAL_SPLIT = "val"
 # The released code resizes every image into this range on load (data.min_pixels / image_max_pixels).
 PAPER_MIN_PIXELS, PAPER_MAX_PIXELS = 262144, 1048576
-UNCLAMPED = {"synthetic"}  # generated tiny images: the CPU default keeps them small
+UNCLAMPED = {"synthetic", *TEXT}  # generated tiny images (the CPU default keeps them small); text sets have none
 CHUNK_ROWS = 32  # rows per task of a worker process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("datasets", nargs="+", choices=ALL + ["all"], metavar="DATASET",
-                   help=f"one or more of {', '.join(ALL)}, or all")
+    p.add_argument("datasets", nargs="+", choices=ALL + TEXT + ["all"], metavar="DATASET",
+                   help=f"one or more of {', '.join(ALL)}, or all; text sets: {', '.join(TEXT)}")
     p.add_argument("--out-dir", default="data", help="output root (default: data)")
     p.add_argument("--source", help="local path or hub id of the (single) dataset named")
-    for name in ALL[:-1]:
+    for name in [n for n in ALL + TEXT if n not in GENERATED]:
         p.add_argument(f"--{name}-source", help=f"local path or hub id for {name} "
                                                 f"(default: {DATASETS[name].hub_id})")
     p.add_argument("--limit", type=int, default=None, help="read at most N source rows per split")
@@ -97,14 +100,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--zerobench-variant", choices=["subquestions", "main"], default="subquestions")
     p.add_argument("--synthetic-train-size", type=int, default=None, help="generated train rows (320)")
     p.add_argument("--synthetic-test-size", type=int, default=None, help="generated test rows (64)")
+    p.add_argument("--arithmetic-train-size", type=int, default=None, help="generated text train rows (2000)")
+    p.add_argument("--arithmetic-test-size", type=int, default=None, help="generated text test rows (64)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     names = ALL if "all" in args.datasets else list(dict.fromkeys(args.datasets))
     if args.source is not None:
         if len(names) != 1:
             p.error("--source names the source of one dataset; use --<dataset>-source for several")
-        if names[0] == "synthetic":
-            p.error("synthetic is generated and takes no --source")
+        if names[0] in GENERATED:
+            p.error(f"{names[0]} is generated and takes no --source")
         setattr(args, f"{names[0]}_source", args.source)
     args.names = names
     for flag in ("limit", "shard_size", "min_pixels", "max_pixels", "max_image_bytes"):
@@ -180,7 +185,7 @@ class RowWork:
                                 self.max_image_bytes)
             try:
                 row = _convert_row(self.conv, raw, row_id, self.job, split, -1, self.renderer, opts)
-                if not row["images"]:
+                if not row["images"] and not self.conv.text_only:
                     opts.notes.append("text-only row (no image)")
                 n_tok = self.budget.over(row)
                 over = n_tok is not None
@@ -241,7 +246,7 @@ def _convert_split(name, conv, job, args, out_root, summary):
     try:
         stream = conv.stream(source, job, args)
     except SourceError as e:
-        hint = "" if name == "synthetic" else f" [--source or --{name}-source PATH]"
+        hint = "" if name in GENERATED else f" [--source or --{name}-source PATH]"
         raise SourceError(f"{name}: {e}{hint}") from None
     total = stream.total
     if total is None and name == "train" and args.val_size and stream.count is not None:
@@ -288,12 +293,20 @@ def _convert_split(name, conv, job, args, out_root, summary):
         over_budget = {s: 0 for s in splits}
         counts = {s: {} for s in splits}  # conversions and text-only rows, by kind
         seen_ids: dict[str, tuple[int, str, int]] = {}  # id -> (hash of its answer, split, index there)
+        seen_questions: dict[str, tuple[str, str, str]] = {}  # dedup_questions: question -> (answer, split, id)
+        repeats = {s: 0 for s in splits}
         bar = stack.enter_context(tqdm(total=total, desc=f"{name}/{job.split}", unit="row",
                                        disable=args.quiet, file=sys.stderr))
         results = stack.enter_context(closing(_ordered_map(spec, chunks(), args.workers)))
         for done in results:
             for split, row, err, over, notes in done:
                 over_budget[split] += over
+                if err is None and conv.dedup_questions:
+                    err = _repeated_question(row, split, seen_questions, name)
+                    if err is _REPEAT:
+                        repeats[split] += 1
+                        bar.update(1)
+                        continue
                 if err is None:
                     err = _conflicting_id(row, split, writers, seen_ids, name)
                 if err is not None:
@@ -312,7 +325,9 @@ def _convert_split(name, conv, job, args, out_root, summary):
             files = writers[s].commit()
             rej_file = rejects[s].commit()
             expected = conv.expected_rows.get(s)
-            read = writers[s].rows + rejects[s].count
+            read = writers[s].rows + rejects[s].count + repeats[s]
+            if repeats[s]:
+                counts[s]["repeat of an earlier row (same question and answer): skipped"] = repeats[s]
             summary.append({"dataset": name, "split": s, "written": writers[s].rows,
                             "rejected": rejects[s].count, "reasons": dict(sorted(rejects[s].reasons.items())),
                             "files": [str(f) for f in files], "rejects_file": str(rej_file) if rej_file else None,
@@ -322,6 +337,24 @@ def _convert_split(name, conv, job, args, out_root, summary):
                             "over_prompt_budget": over_budget[s], "max_prompt_tokens": args.max_prompt_tokens,
                             "counts": dict(sorted(counts[s].items())),
                             "workers": args.workers, **image_meta})
+
+
+_REPEAT = object()
+
+
+def _repeated_question(row: dict, split: str, seen: dict, name: str):
+    """``dedup_questions``: ``_REPEAT`` for a question already written with the same answer (skipped and
+    counted), a ``BadRow`` when it was written with another answer, else None (first time)."""
+    info = row["extra_info"]
+    key, answer = info["question"], row["reward_model"]["ground_truth"]
+    first = seen.get(key)
+    if first is None:
+        seen[key] = (answer, split, info["id"])
+        return None
+    if first[0] == answer:
+        return _REPEAT
+    return BadRow("answer", f"the same question was written before (id {first[2]!r} of {first[1]}) with another "
+                            f"answer; this row's answer is {answer[:80]!r}").locate(name, split, info["id"])
 
 
 def _conflicting_id(row: dict, split: str, writers: dict, seen: dict, name: str) -> BadRow | None:

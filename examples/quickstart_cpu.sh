@@ -8,6 +8,7 @@
 #   bash examples/quickstart_cpu.sh rlsd trainer.total_training_steps=6 algorithm.rlsd.lambda_init=0.3
 #   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
 #   bash examples/quickstart_cpu.sh grpo --seed 2   # or SEED=2: the tiny model's init, its warm start and RL
+#   bash examples/quickstart_cpu.sh --text rlsd     # or MODALITY=text: a tiny text Qwen3 on generated arithmetic
 # CPU overrides: recipe/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +17,9 @@ bash scripts/setup_venv.sh
 PY="$ROOT/.venv/bin/python"
 
 METHOD="${METHOD:-rlsd}"
+MODALITY="${MODALITY:-vl}"
+if [[ "${1:-}" == "--text" ]]; then MODALITY=text; shift; fi
+case "$MODALITY" in vl|text) ;; *) echo "usage: MODALITY must be vl or text, got '$MODALITY'" >&2; exit 2 ;; esac
 case "${1:-}" in
   grpo|rlsd|opsd|sdpo|grpo_opsd) METHOD="$1"; shift ;;
 esac
@@ -31,6 +35,15 @@ if [[ -n "${SEED:-}" && ! "$SEED" =~ ^[0-9]+$ ]]; then
   echo "usage: SEED must be a non-negative integer, got '$SEED'" >&2; exit 2
 fi
 WORK="$ROOT/outputs/cpu"
+
+if [[ "$MODALITY" == text ]]; then
+  # the text path: the tiny text Qwen3 on the generated arithmetic set (answers in \boxed{}), same trainer and methods
+  if ! "$PY" -c "import sys, pyarrow.parquet as pq; from data_prep.converters.arithmetic import TRAIN_SIZE
+sys.exit(pq.ParquetFile(sys.argv[1]).metadata.num_rows != TRAIN_SIZE)" "$WORK/data/arithmetic/train.parquet" 2>/dev/null; then
+    "$PY" data_prep/build_parquet.py arithmetic --out-dir "$WORK/data"
+  fi
+  VERL_PLATFORM=cpu exec "$PY" -W ignore -m verl_ext.cpu.launch --modality text --method "$METHOD" --workdir "$WORK" ${STEPS:+--steps "$STEPS"} "$@"
+fi
 
 # (re)build the synthetic set when missing or left by another version (row count, or its first row differs)
 if ! "$PY" -c "import sys, pyarrow.parquet as pq; from data_prep.converters.synthetic import TRAIN_SIZE, generate

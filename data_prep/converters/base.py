@@ -38,6 +38,8 @@ class Converter:
     with_trace: bool = False     # rows carry the reference trace field
     id_columns: tuple[str, ...] = ("id",)
     prompt_template: str | None = None  # the student prompt when --prompt-template is not given (None: the default)
+    text_only: bool = False      # a text set: rows without images are the norm, not counted as a note
+    dedup_questions: bool = False  # repeats of a (question, answer) are skipped and counted (DAPO-Math-17k)
 
     def jobs(self, args) -> list[Job]:
         raise NotImplementedError

@@ -25,6 +25,9 @@ RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipe"  # the repository's 
 ENTRY_POINT = RECIPE_DIR / "main.py"
 CONFIG_DIR = RECIPE_DIR / "config"
 CONFIG_NAME = "cpu_tiny"
+# modality -> (overrides, generated data set): the tiny Qwen3-VL on images, or the tiny text Qwen3 on arithmetic
+# (recipe/config/modality/text.yaml over the same CPU config)
+MODALITIES = {"vl": ((), "synthetic"), "text": (("+modality=text",), "arithmetic")}
 METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
 DEFAULT_STEPS = 12
 # verl_ext's trainer mode that adds the teacher pass; grpo runs on verl's default "sync" mode.
@@ -93,6 +96,7 @@ def run_training(
     log_path: str | os.PathLike | None = None,
     timeout: float | None = None,
     ckpt_name: str | None = None,
+    modality: str = "vl",
 ) -> tuple[Path, Path]:
     """Run ``steps`` training steps of ``method``; return (metrics JSONL path, checkpoint dir
     ``<workdir>/checkpoints/<ckpt_name or method>``).
@@ -108,9 +112,11 @@ def run_training(
     for path in (metrics.parent, log.parent):
         path.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir).resolve()
+    modality_overrides, dataset = MODALITIES[modality]
     overrides = [
-        f"data.train_files={data_dir / 'synthetic' / 'train.parquet'}",
-        f"data.val_files={data_dir / 'synthetic' / 'test.parquet'}",
+        *modality_overrides,
+        f"data.train_files={data_dir / dataset / 'train.parquet'}",
+        f"data.val_files={data_dir / dataset / 'test.parquet'}",
         f"actor_rollout_ref.model.path={Path(model_dir).resolve()}",
         f"trainer.total_training_steps={steps}",
         f"trainer.experiment_name={ckpt_name or method}",
@@ -222,10 +228,11 @@ def seed_overrides(seed: int) -> list[str]:
     return [f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}", f"algorithm.teacher.seed={seed}"]
 
 
-def seed_dirs(workdir: Path, seed: int) -> tuple[Path, Path]:
+def seed_dirs(workdir: Path, seed: int, modality: str = "vl") -> tuple[Path, Path]:
     """The tiny model and its warm start of ``seed`` (seed 0 keeps the unsuffixed names)."""
     suffix = "" if seed == 0 else f"_seed{seed}"
-    return workdir / f"tiny_qwen3vl{suffix}", workdir / f"tiny_qwen3vl_warm{suffix}"
+    name = "tiny_qwen3vl" if modality == "vl" else "tiny_qwen3"
+    return workdir / f"{name}{suffix}", workdir / f"{name}_warm{suffix}"
 
 
 def warm_start_lines(warm_dir: Path) -> list[str]:
@@ -236,7 +243,8 @@ def warm_start_lines(warm_dir: Path) -> list[str]:
         return []
     done = json.loads(record.read_text())
     val = done.get("validation")
-    lines = [f"warm start: {done.get('steps')} supervised steps, probe {'passed' if done.get('probe_passed') else 'NOT passed'}"]
+    probe = "" if "probe_passed" not in done else f", probe {'passed' if done['probe_passed'] else 'NOT passed'}"
+    lines = [f"warm start: {done.get('steps')} supervised steps{probe}"]
     if done.get("blur_acc") is not None:
         lines.append(f"  then {done.get('blur_steps')} steps blurring {done.get('blur_task')} towards a true-answer "
                      f"probability of {done['blur_acc']} ({'reached' if done.get('blur_reached') else 'NOT reached'})")
@@ -255,6 +263,8 @@ def warm_start_lines(warm_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default=os.environ.get("METHOD", "rlsd"), choices=METHODS)
+    parser.add_argument("--modality", default=os.environ.get("MODALITY", "vl"), choices=sorted(MODALITIES),
+                        help="vl: the tiny Qwen3-VL on the synthetic images; text: the tiny text Qwen3 on arithmetic")
     parser.add_argument("--workdir", default="outputs/cpu")
     parser.add_argument("--model-dir", default=None, help="tiny model (default: <workdir>/tiny_qwen3vl, built once)")
     parser.add_argument("--data-dir", default=None, help="holds synthetic/{train,test}.parquet (default: <workdir>/data)")
@@ -267,31 +277,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for verl's trainer")
     args = parser.parse_intermixed_args(argv)  # --seed may follow the Hydra overrides
 
+    from verl_ext.text_warm_start import build_text_warm_start
     from verl_ext.tiny_model import build_tiny_qwen3vl
+    from verl_ext.tiny_text_model import build_tiny_qwen3
     from verl_ext.warm_start import build_warm_start
 
     workdir = Path(args.workdir).resolve()
     data_dir = Path(args.data_dir or workdir / "data")
+    dataset = MODALITIES[args.modality][1]
     for split in ("train", "test"):
-        if not (data_dir / "synthetic" / f"{split}.parquet").is_file():
-            raise FileNotFoundError(f"{data_dir / 'synthetic' / f'{split}.parquet'} is missing (build_parquet.py synthetic)")
+        if not (data_dir / dataset / f"{split}.parquet").is_file():
+            raise FileNotFoundError(f"{data_dir / dataset / f'{split}.parquet'} is missing (build_parquet.py {dataset})")
     run_name = args.run_name or (args.method if args.seed == 0 else f"{args.method}_seed{args.seed}")
+    if args.modality != "vl" and not args.run_name:
+        run_name = f"{args.modality}_{run_name}"  # its own metrics, logs and checkpoints beside the VL runs
     if args.model_dir:
         model_dir = Path(args.model_dir)
     else:
-        base_dir, warm = seed_dirs(workdir, args.seed)
-        model_dir = build_tiny_qwen3vl(base_dir, seed=args.seed)
+        base_dir, warm = seed_dirs(workdir, args.seed, args.modality)
+        build_model, warm_start = ((build_tiny_qwen3vl, build_warm_start) if args.modality == "vl"
+                                   else (build_tiny_qwen3, build_text_warm_start))
+        model_dir = build_model(base_dir, seed=args.seed)
         if not args.no_warm_start:
             print(f"warm start (seed {args.seed}): {warm} (built once, then reused)")
-            model_dir = build_warm_start(model_dir, data_dir / "synthetic" / "train.parquet", warm, seed=args.seed,
-                                         val_parquet=data_dir / "synthetic" / "test.parquet")
+            model_dir = warm_start(model_dir, data_dir / dataset / "train.parquet", warm, seed=args.seed,
+                                   val_parquet=data_dir / dataset / "test.parquet")
             for line in warm_start_lines(warm):
                 print(line)
     print(f"[{run_name}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (run_name + '.log')}")
     start = time.time()
     rollouts = workdir / "rollouts" / run_name
     metrics_path, ckpt = run_training(
-        args.method, workdir, model_dir, data_dir, args.steps, run_name=run_name, ckpt_name=run_name,
+        args.method, workdir, model_dir, data_dir, args.steps, run_name=run_name, ckpt_name=run_name, modality=args.modality,
         extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}",
                f"trainer.rollout_data_dir={rollouts}", *seed_overrides(args.seed), *args.overrides],
     )  # fmt: skip
@@ -299,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     for step, acc in rollout_accuracy(rollouts).items():
         if step in metrics:
             metrics[step]["rollout/acc"] = acc
-    print(format_table(metrics))
+    val_key = VAL_KEY.replace("/synthetic/", f"/{dataset}/")
+    print(format_table(metrics, [(label, val_key if key == VAL_KEY else key) for label, key in STEP_COLUMNS]))
     print(f"\nsummary [{run_name}]: {args.steps} steps in {time.time() - start:.0f} s (Ray start and model load included)")
     print(f"  seconds per step (after the first): {mean_step_seconds(train_steps(metrics)):.2f}")
     for line in start_end_lines(metrics):

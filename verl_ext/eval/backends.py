@@ -39,8 +39,19 @@ def sample_seed(protocol: Protocol, uid: str) -> int:
     return (protocol.seed + zlib.crc32(uid.encode())) % (2**31 - 1)
 
 
-def chat_messages(sample: Sample, system_prompt: str | None = None) -> list[dict]:
-    """The contract's user text as Qwen-VL content parts: images where the placeholders are."""
+def is_text_only(processor) -> bool:
+    """A tokenizer-only model (a text LLM): ``AutoProcessor`` gave a tokenizer, no image processor."""
+    return getattr(processor, "image_processor", None) is None
+
+
+def chat_messages(sample: Sample, system_prompt: str | None = None, text_only: bool = False) -> list[dict]:
+    """The contract's user text as Qwen-VL content parts: images where the placeholders are (a text model's
+    chat template takes the text itself)."""
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if text_only:
+        if sample.images:
+            raise ValueError(f"{sample.source}: the row has images but the model is text-only")
+        return msgs + [{"role": "user", "content": sample.prompt}]
     parts: list[dict[str, Any]] = []
     pieces = sample.prompt.split(IMAGE_PLACEHOLDER)
     for i, piece in enumerate(pieces):
@@ -48,7 +59,6 @@ def chat_messages(sample: Sample, system_prompt: str | None = None) -> list[dict
             parts.append({"type": "text", "text": piece})
         if i < len(pieces) - 1:
             parts.append({"type": "image"})
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return msgs + [{"role": "user", "content": parts}]
 
 
@@ -73,8 +83,10 @@ def _patch_size(processor) -> int:
 
 
 def _prompt_text(processor, sample: Sample, protocol: Protocol) -> str:
+    kwargs = {} if protocol.enable_thinking is None else {"enable_thinking": protocol.enable_thinking}
     return processor.apply_chat_template(
-        chat_messages(sample, protocol.system_prompt), tokenize=False, add_generation_prompt=True
+        chat_messages(sample, protocol.system_prompt, is_text_only(processor)), tokenize=False,
+        add_generation_prompt=True, **kwargs,
     )
 
 
@@ -108,12 +120,13 @@ class HFBackend:
 
     def __init__(self, model_path: str, protocol: Protocol, device: str | None = None, dtype: str = "auto"):
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
         self.protocol = protocol
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.processor = AutoProcessor.from_pretrained(model_path)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        auto = AutoModelForCausalLM if is_text_only(self.processor) else AutoModelForImageTextToText
+        self.model = auto.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.patch = _patch_size(self.processor)
 
     def generate(self, samples: list[Sample]) -> list[Generation]:
@@ -125,8 +138,11 @@ class HFBackend:
 
         p = self.protocol
         text = _prompt_text(self.processor, sample, p)
-        images = load_images(sample, p, self.patch)
-        inputs = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
+        if is_text_only(self.processor):
+            inputs = self.processor([text], add_special_tokens=False, return_tensors="pt").to(self.device)
+        else:
+            images = load_images(sample, p, self.patch)
+            inputs = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
         prompt_len = inputs["input_ids"].shape[1]
         gen_kw: dict[str, Any] = {"max_new_tokens": p.max_new_tokens, "do_sample": not p.greedy}
         if not p.greedy:
@@ -182,7 +198,7 @@ class VLLMBackend:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
-            limit_mm_per_prompt={"image": max_images},
+            **({} if is_text_only(self.processor) else {"limit_mm_per_prompt": {"image": max_images}}),
             seed=protocol.seed,
         )
 

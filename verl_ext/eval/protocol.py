@@ -21,7 +21,14 @@ DEFAULT_SPLITS: dict[str, list[str]] = {
     "zerobench": ["zerobench_subquestions", "subquestions", "zerobench", "main"],
     "wemath": ["testmini"],
     "synthetic": ["test"],
+    "math500": ["test"],
+    "aime24": ["test"],
+    "aime25": ["test"],
+    "arithmetic": ["test"],
 }
+# Samples per question where the field reports the mean accuracy over k samples (avg@k): AIME's 30 questions
+# give a noisy single-sample accuracy (DAPO and Qwen3 report AIME as avg@k, k 16-64).
+DEFAULT_REPEATS: dict[str, int] = {"aime24": 16, "aime25": 16}
 
 
 @dataclass
@@ -45,11 +52,19 @@ class Protocol:
     min_pixels: int = 262_144
     max_pixels: int = 1_048_576
     system_prompt: str | None = None
+    # Qwen3's hybrid chat template: False renders the empty think block (as the text recipes train); None: as is
+    enable_thinking: bool | None = None
+    # avg@k: k sampled answers per question (sample ids get "#r"); greedy decoding uses 1
+    repeats: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_REPEATS))
     splits: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SPLITS.items()})
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    def repeats_for(self, benchmark: str) -> int:
+        """k of avg@k for ``benchmark`` (1 when decoding is greedy: every sample would be the same)."""
+        return 1 if self.greedy else int(self.repeats.get(benchmark, 1))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,6 +79,10 @@ class Protocol:
                 raise KeyError(f"unknown protocol field {key!r}; fields: {', '.join(names)}")
             if isinstance(value, str):
                 value = yaml.safe_load(value)
+            if key == "repeats":  # per-benchmark: merge
+                if not isinstance(value, dict):
+                    raise ValueError(f"protocol field 'repeats' must map benchmark -> k, got {value!r}")
+                value = {**self.repeats, **value}
             if key == "splits":  # per-benchmark: merge into the current choice
                 if not isinstance(value, dict):
                     raise ValueError(f"protocol field 'splits' must map benchmark -> [split, ...], got {value!r}")
@@ -103,6 +122,10 @@ class Protocol:
             bad("min_pixels", f"at most max_pixels ({self.max_pixels})")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             bad("system_prompt", "a string")
+        if self.enable_thinking is not None and not isinstance(self.enable_thinking, bool):
+            bad("enable_thinking", "true, false or null")
+        if not isinstance(self.repeats, dict) or not all(integer(v) and v >= 1 for v in self.repeats.values()):
+            bad("repeats", "a mapping of benchmark -> k >= 1")
         if not isinstance(self.preset, str):
             bad("preset", "a string")
         if not isinstance(self.splits, dict) or not all(

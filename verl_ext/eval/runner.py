@@ -14,6 +14,8 @@ Output layout under ``out_dir``:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import sys
@@ -180,7 +182,11 @@ def run(
     loaded = {}
     for b in benchmarks:
         samples, splits = load_benchmark(data_dir, b, protocol.splits.get(b, []))
-        loaded[b] = (samples[:limit] if limit else samples, splits, len(samples))
+        chosen = samples[:limit] if limit else samples
+        k = protocol.repeats_for(b)
+        if k > 1:  # avg@k: k samples per question, each with its own id (and so its own seed)
+            chosen = [dataclasses.replace(s, uid=f"{s.uid}#{r}") for s in chosen for r in range(k)]
+        loaded[b] = (chosen, splits, len(samples))
         warning = clamp_mismatch(b, samples, protocol.min_pixels, protocol.max_pixels)
         if warning:
             print(warning, file=sys.stderr)
@@ -220,7 +226,7 @@ def run(
     table = markdown_table(scores, label, results)
     extra = [b for b in EXTRA_BENCHMARKS if b in results]
     if extra:  # outside Table 2: one line each
-        table += "\n" + "".join(f"{b}: accuracy {results[b]['metrics']['accuracy']:.2f} over {results[b]['metrics']['n']} rows\n" for b in extra)
+        table += "\n" + "".join(_extra_line(b, results[b]["metrics"]) for b in extra)
     proto = protocol.to_dict()
     table += (
         f"\nProtocol: preset {proto['preset']}, temperature {proto['temperature']}, top_p {proto['top_p']}, "
@@ -233,6 +239,14 @@ def run(
     summary = {"label": label, "scores": scores, "average": average(scores), **meta, "scorer_version": SCORER_VERSION, "limit": limit}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _extra_line(benchmark: str, m: dict) -> str:
+    k = m.get("k", 1)
+    if k > 1:
+        return (f"{benchmark}: {m['score_name']} {m['score']:.2f} over {m['questions']} questions x {k} samples "
+                f"(pass@{k} {m['pass@' + str(k)]:.2f})\n")
+    return f"{benchmark}: accuracy {m['accuracy']:.2f} over {m['n']} rows\n"
 
 
 def _stored(out: Path, benchmark: str, samples: list[Sample]) -> list[dict]:

@@ -37,6 +37,9 @@ SCORER_VERSION = "1.0"
 BENCHMARKS = ("mmmu", "mathvista", "mathvision", "zerobench", "wemath")
 # Evaluated on request (--benchmarks synthetic), outside the paper's Table 2 and its average.
 EXTRA_BENCHMARKS = ("synthetic",)
+# Text math benchmarks (text-only models; answers in \\boxed{}), and the generated text CPU set.
+TEXT_BENCHMARKS = ("math500", "aime24", "aime25", "arithmetic")
+EXTRA_BENCHMARKS = EXTRA_BENCHMARKS + TEXT_BENCHMARKS
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # ----------------------------------------------------------------------------------------------
@@ -377,6 +380,16 @@ def score_synthetic(response: str, ground_truth: str, extra_info: Mapping[str, A
     return {"extracted": ext, "pred": ext, "correct": out["acc"] == 1.0}
 
 
+def score_text_math(response: str, ground_truth: str, extra_info: Mapping[str, Any]) -> dict:
+    """The text math prompt asks for the final answer in ``\\boxed{}``: the last box, LaTeX-aware equality
+    (mathruler, then math-verify) as for MathVision's free-form answers."""
+    from verl_ext.reward.extract import last_boxed
+
+    ext = last_boxed(response)
+    ext = "" if ext is None else ext.strip()
+    return {"extracted": ext, "pred": ext, "correct": math_equal(ext, str(ground_truth).strip())}
+
+
 SCORERS: dict[str, Callable[[str, str, Mapping[str, Any]], dict]] = {
     "mmmu": score_mmmu,
     "mathvista": score_mathvista,
@@ -384,6 +397,7 @@ SCORERS: dict[str, Callable[[str, str, Mapping[str, Any]], dict]] = {
     "zerobench": score_zerobench,
     "wemath": score_wemath,
     "synthetic": score_synthetic,
+    **{b: score_text_math for b in TEXT_BENCHMARKS},
 }
 
 
@@ -465,6 +479,10 @@ def aggregate(benchmark: str, records: list[Mapping[str, Any]]) -> dict:
     strict group score.
     """
     m: dict[str, Any] = {"n": len(records), "accuracy": _acc(list(records))}
+    questions = defaultdict(list)  # avg@k: ids "<split>:<id>#<r>" share a question
+    for r in records:
+        questions[str(r.get("id", "")).split("#", 1)[0]].append(bool(r["correct"]))
+    k = max((len(v) for v in questions.values()), default=1)
     by = defaultdict(list)
     for r in records:
         by[str(r.get("problem_type") or "")].append(r)
@@ -486,6 +504,12 @@ def aggregate(benchmark: str, records: list[Mapping[str, Any]]) -> dict:
         m["score"] = g.get("score_strict", float("nan"))
         m["score_loose"] = g.get("score_loose", float("nan"))
         m["score_name"] = "group score (strict)"
+    elif k > 1:
+        m["k"], m["questions"] = k, len(questions)
+        m["score"] = 100.0 * sum(sum(v) / len(v) for v in questions.values()) / len(questions)
+        m[f"avg@{k}"] = m["score"]
+        m[f"pass@{k}"] = 100.0 * sum(any(v) for v in questions.values()) / len(questions)
+        m["score_name"] = f"avg@{k}"
     else:
         m["score_name"] = "accuracy"
     return m

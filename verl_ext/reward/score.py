@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 
-from verl_ext.reward.extract import extract_answer, has_format
+from verl_ext.reward.extract import extract_answer, has_format, last_boxed
 from verl_ext.reward.grading import grade, normalize_problem_type
 from verl_ext.reward.guard import set_symbolic_workers
 from verl_ext.reward.released import GRADER_TIMEOUT as RELEASED_TIMEOUT
@@ -54,6 +54,7 @@ def _response_length(solution_str: str, extra_info: dict, length_tokenizer: str 
 
 
 VARIANTS = ("strict", "released")
+ANSWER_FORMATS = ("thought_answer", "boxed")
 LOGGED_KEYS = ("score", "acc", "format", "overlong_penalty", "answered", "gt_missing", "unknown_type",
                "response_decoded", "error")
 
@@ -80,7 +81,7 @@ def compute_score(data_source=None, solution_str="", ground_truth="", extra_info
                   variant: str = "strict", format_weight: float = 0.1, timeout: float | None = None,
                   max_response_length: int | None = None, overlong_buffer: int = 3072,
                   overlong_factor: float = 0.1, length_tokenizer: str | None = None,
-                  symbolic_workers: int = 2, **_unused) -> dict:
+                  symbolic_workers: int = 2, answer_format: str | None = None, **_unused) -> dict:
     """Reward of one response; ``variant`` picks the grading (``reward_kwargs.variant``):
 
     ``strict`` (default here): ``problem_type = extra_info["problem_type"]`` (default: ``multiple
@@ -91,6 +92,10 @@ def compute_score(data_source=None, solution_str="", ground_truth="", extra_info
     score = ``(1 - format_weight) * acc + format_weight * format`` for math, ``acc`` otherwise;
     plus, for math when ``max_response_length`` is set, ``overlong_penalty(L, max_response_length,
     overlong_buffer, overlong_factor)`` with L the response length in tokens.
+
+    ``answer_format`` (``reward_kwargs.answer_format``, else the row's ``extra_info["answer_format"]``, else
+    ``thought_answer``): ``thought_answer`` as above; ``boxed`` (the text math prompt: "put your final answer
+    within \\boxed{}") reads the last ``\\boxed{}`` only and ``format`` = 1 when the response has one.
 
     ``released``: the paper's released grading rule for rule (``verl_ext.reward.released``); its
     length penalty uses ``max_response_length`` (default 16384) and L in tokens when
@@ -134,12 +139,17 @@ def compute_score(data_source=None, solution_str="", ground_truth="", extra_info
     except ValueError:  # an unknown type must not stop training: graded as open-ended, counted
         ptype, out["unknown_type"] = "open", 1.0
 
+    if answer_format is not None and answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"reward_kwargs.answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+    form = answer_format or info.get("answer_format")
+    form = form if form in ANSWER_FORMATS else "thought_answer"  # a row's unknown value: the default
     try:
-        answer = extract_answer(text)
+        answer = extract_answer(text) if form == "thought_answer" else last_boxed(text)
+        answer = None if answer is None else answer.strip()
         acc = float(grade(answer, str(ground_truth), ptype, options=options, timeout=timeout))
     except Exception:  # odd model output must never stop training
         answer, acc, out["error"] = None, 0.0, 1.0
-    fmt = float(has_format(text))
+    fmt = float(has_format(text)) if form == "thought_answer" else float(answer is not None)
 
     if ptype == "math":
         score = (1.0 - format_weight) * acc + format_weight * fmt

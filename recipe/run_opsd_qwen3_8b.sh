@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# OPSD on a text model: Qwen3-8B on DAPO-Math-17k, answers in \boxed{} (config/qwen3_8b.yaml). The method's
+# overrides are run_opsd_qwen3vl8b.sh's; only the config differs. Extra Hydra overrides pass through.
+RECIPE_CONFIG=qwen3_8b exec bash "$(dirname "${BASH_SOURCE[0]}")/run_opsd_qwen3vl8b.sh" "$@"

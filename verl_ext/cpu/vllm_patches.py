@@ -127,4 +127,7 @@ def register() -> None:
         return
     patch_keep_prepacked_weights()
     patch_sampler()
+    from verl_ext.cpu import vllm_engine_guard
+
+    vllm_engine_guard.install()  # a dead engine ends the run (verl_ext.watchdog), not a hang
     logger.debug("verl_ext: vLLM CPU patches installed (keep linear weights, top-k before top-p)")

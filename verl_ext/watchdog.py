@@ -7,6 +7,10 @@ Ray's actor table every ``interval_s`` and, at the first actor that died with it
 (``WORKER_DIED``/``NODE_DIED``; actors ended on purpose are ignored), prints which worker died and the last
 checkpoint ``trainer.resume_mode=auto`` would resume from, interrupts the driver (SIGINT, so Ray shuts its
 local cluster down) and, if it is still alive ``grace_s`` later, exits it with status 1.
+
+A rollout engine that dies inside a live server actor (vLLM's engine core is a child process of verl's
+server actor) is reported by the process hosting it through :func:`report_engine_error` (Ray's key-value
+store, see :mod:`verl_ext.cpu.vllm_engine_guard`); the watchdog polls those reports as well.
 """
 
 from __future__ import annotations
@@ -20,6 +24,34 @@ from pathlib import Path
 
 FAILED_REASONS = ("WORKER_DIED", "NODE_DIED")
 EXIT_STATUS = 1
+ENGINE_ERROR_NAMESPACE = "verl_ext"
+ENGINE_ERROR_PREFIX = "engine_error/"
+
+
+def report_engine_error(message: str) -> None:
+    """From the process hosting a rollout engine: print ``message`` and, in a Ray cluster, store it where the
+    driver's watchdog reads it (:func:`engine_errors`)."""
+    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        if ray.is_initialized() and internal_kv._internal_kv_initialized():
+            internal_kv._internal_kv_put(f"{ENGINE_ERROR_PREFIX}{os.getpid()}", message, overwrite=True,
+                                         namespace=ENGINE_ERROR_NAMESPACE)  # fmt: skip
+    except Exception:  # a report must never raise where it is made
+        pass
+
+
+def engine_errors() -> list[str]:
+    """The messages :func:`report_engine_error` stored in the connected Ray cluster (none when not connected)."""
+    from ray.experimental import internal_kv
+
+    if not internal_kv._internal_kv_initialized():
+        return []
+    keys = internal_kv._internal_kv_list(ENGINE_ERROR_PREFIX, namespace=ENGINE_ERROR_NAMESPACE)
+    values = (internal_kv._internal_kv_get(k, namespace=ENGINE_ERROR_NAMESPACE) for k in sorted(keys))
+    return [v.decode(errors="replace") for v in values if v]
 
 
 def last_checkpoint(checkpoint_dir: str | os.PathLike | None) -> str:
@@ -76,11 +108,12 @@ class WorkerWatchdog:
             if not ray.is_initialized():
                 continue
             try:
+                engines = engine_errors()
                 dead = dead_workers(state.actors())
             except Exception:  # the cluster is shutting down; nothing to watch any more
                 continue
-            if dead:
-                self._fail(dead)
+            if dead or engines:
+                self._fail(dead, engines)
                 return
 
     def report(self) -> str | None:
@@ -92,25 +125,31 @@ class WorkerWatchdog:
                 from ray._private import state
 
                 dead = dead_workers(state.actors()) if ray.is_initialized() else []
+                engines = engine_errors() if ray.is_initialized() else []
             except Exception:
-                dead = []
-            if dead:
-                self._set_message(dead)
+                dead, engines = [], []
+            if dead or engines:
+                self._set_message(dead, engines)
         return self.message
 
-    def _set_message(self, dead: list[str]) -> None:
+    def _set_message(self, dead: list[str], engines: list[str] = ()) -> None:
+        what = []
+        if engines:
+            what.append(f"the rollout engine died: {'; '.join(engines)}")
+        if dead:
+            what.append(f"a Ray worker died during training: {'; '.join(dead)}")
         self.message = (
-            f"a Ray worker died during training: {'; '.join(dead)}. The run is stopped; the last complete "
-            f"checkpoint is {last_checkpoint(self.checkpoint_dir)} (trainer.resume_mode=auto resumes from it)."
+            f"{'; '.join(what)}. The run is stopped; the last complete checkpoint is "
+            f"{last_checkpoint(self.checkpoint_dir)} (trainer.resume_mode=auto resumes from it)."
         )
         print(f"\nERROR: {self.message}", file=sys.stderr, flush=True)
 
-    def _fail(self, dead: list[str]) -> None:
-        self._set_message(dead)
+    def _fail(self, dead: list[str], engines: list[str] = ()) -> None:
+        self._set_message(dead, engines)
         os.kill(os.getpid(), signal.SIGINT)  # the driver's ray.get raises KeyboardInterrupt; Ray shuts down
         time.sleep(self.grace_s)
         print(f"ERROR: the driver did not stop within {self.grace_s:.0f} s; exiting", file=sys.stderr, flush=True)
         os._exit(EXIT_STATUS)
 
 
-__all__ = ["WorkerWatchdog", "dead_workers", "last_checkpoint"]
+__all__ = ["WorkerWatchdog", "dead_workers", "engine_errors", "last_checkpoint", "report_engine_error"]

@@ -29,6 +29,9 @@ CONFIG_NAME = "cpu_tiny"
 # (recipe/config/modality/text.yaml over the same CPU config)
 MODALITIES = {"vl": ((), "synthetic"), "text": (("+modality=text",), "arithmetic")}
 METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
+# hf: verl_ext.cpu.hf_rollout (transformers generate); vllm: verl's own vLLM server, the GPU recipes' rollout
+ROLLOUTS = ("hf", "vllm")
+DEFAULT_ROLLOUT = "hf"
 DEFAULT_STEPS = 12
 # verl_ext's trainer mode that adds the teacher pass; grpo runs on verl's default "sync" mode.
 TEACHER_MODE = "self_distill"
@@ -269,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default=None, help="tiny model (default: <workdir>/tiny_qwen3vl, built once)")
     parser.add_argument("--data-dir", default=None, help="holds synthetic/{train,test}.parquet (default: <workdir>/data)")
     parser.add_argument("--steps", type=int, default=int(os.environ.get("STEPS", DEFAULT_STEPS)))
+    parser.add_argument("--rollout", default=os.environ.get("ROLLOUT", DEFAULT_ROLLOUT), choices=ROLLOUTS,
+                        help="rollout server: hf (transformers) or vllm (verl's vLLM server, as on GPU)")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 0)),
                         help="the tiny model's initialisation, its warm start and RL (data order, sampling)")
     parser.add_argument("--run-name", default=None, help="metrics and log name (default: <method>, _seed<N> added)")
@@ -304,13 +309,15 @@ def main(argv: list[str] | None = None) -> None:
                                    val_parquet=data_dir / dataset / "test.parquet")
             for line in warm_start_lines(warm):
                 print(line)
-    print(f"[{run_name}] verl's trainer on CPU, {args.steps} steps; log: {workdir / 'logs' / (run_name + '.log')}")
+    print(f"[{run_name}] verl's trainer on CPU, {args.steps} steps, {args.rollout} rollout; "
+          f"log: {workdir / 'logs' / (run_name + '.log')}")
     start = time.time()
     rollouts = workdir / "rollouts" / run_name
     metrics_path, ckpt = run_training(
         args.method, workdir, model_dir, data_dir, args.steps, run_name=run_name, ckpt_name=run_name, modality=args.modality,
         extra=[f"trainer.save_freq={args.steps}", f"trainer.test_freq={args.steps}",
-               f"trainer.rollout_data_dir={rollouts}", *seed_overrides(args.seed), *args.overrides],
+               f"trainer.rollout_data_dir={rollouts}", f"actor_rollout_ref.rollout.name={args.rollout}",
+               *seed_overrides(args.seed), *args.overrides],
     )  # fmt: skip
     metrics = read_metrics(metrics_path)
     for step, acc in rollout_accuracy(rollouts).items():

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="directory holding <benchmark>/<split>.parquet")
     p.add_argument("--out-dir", required=True, help="results directory (rerun into it to resume)")
     p.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS + EXTRA_BENCHMARKS)}")
-    p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="vllm (GPU) or hf (transformers generate)")
+    p.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="vllm (vLLM's engine; on CPU its CPU build) or hf (transformers generate)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sampling protocol preset")
     p.add_argument("--protocol-file", default=None, help="YAML file of protocol fields overriding the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=256, help="prompts per vLLM call (results are flushed after each)")
     h = p.add_argument_group("hf backend")
     h.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    h.add_argument("--dtype", default="auto")
+    h.add_argument("--dtype", default="auto", help="model dtype, both backends (auto: the checkpoint's; vLLM on CPU: float32)")
     return p
 
 

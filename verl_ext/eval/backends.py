@@ -178,14 +178,22 @@ class VLLMBackend:
         max_model_len: int | None = None,
         max_images: int = 8,
         batch_size: int = 256,
+        dtype: str = "auto",
     ):
+        import os
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4) is sized for big models
         try:
             from vllm import LLM, SamplingParams
+            from vllm.platforms import current_platform
         except ImportError as e:
             raise RuntimeError(
-                "the vllm backend needs vLLM, which is not installed here (it needs a CUDA GPU; install "
-                "requirements.txt on a GPU machine). On CPU use --backend hf."
+                "the vllm backend needs vLLM, which is not installed here (GPU: requirements.txt; CPU: "
+                "bash scripts/setup_venv.sh installs vLLM's CPU build). Or use --backend hf."
             ) from e
+        cpu = current_platform.is_cpu()
+        if cpu and dtype == "auto":
+            dtype = "float32"  # as the hf backend on CPU (vLLM would cast to bfloat16): greedy outputs compare
         from transformers import AutoProcessor
 
         self.protocol = protocol
@@ -200,6 +208,8 @@ class VLLMBackend:
             max_model_len=max_model_len,
             **({} if is_text_only(self.processor) else {"limit_mm_per_prompt": {"image": max_images}}),
             seed=protocol.seed,
+            dtype=dtype,
+            enforce_eager=cpu,  # compiling costs start-up time that a CPU evaluation does not win back
         )
 
     def _params(self, uid: str):
@@ -234,5 +244,5 @@ def make_backend(name: str, model_path: str, protocol: Protocol, **kw) -> Backen
     if name == "hf":
         return HFBackend(model_path, protocol, **{k: v for k, v in kw.items() if k in ("device", "dtype")})
     if name == "vllm":
-        return VLLMBackend(model_path, protocol, **{k: v for k, v in kw.items() if k not in ("device", "dtype")})
+        return VLLMBackend(model_path, protocol, **{k: v for k, v in kw.items() if k != "device"})
     raise ValueError(f"unknown backend {name!r}; use 'vllm' (GPU) or 'hf' (transformers)")

@@ -75,16 +75,16 @@ def table(results: dict[str, dict[int, dict]], warm: dict[int, dict]) -> str:
                 lines.append(f"| {variant} | {seed} | {pair[0]:.3f} | {pair[1]:.3f} | {100 * (pair[1] - pair[0]):+.1f} |")
     if warm:
         lines += ["", "Warm start per seed (greedy, validation split): the student without a hint, the teacher given "
-                  "the answer hint; blur steps and the student's probability of the true answer of the blurred task.", "",
-                  "| seed | supervised steps | probe | student | teacher with answer | blur steps | true-answer probability |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "the answer hint; the student's probability of the true answer of the soft-target task.", "",
+                  "| seed | supervised steps | probe | student | teacher with answer | true-answer probability |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for seed, rec in sorted(warm.items()):
             val = rec.get("validation") or {}
             per = lambda who: ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in sorted(val.items()) if k.startswith(who + "/"))  # noqa: E731
             lines.append(f"| {seed} | {rec.get('steps')} | {'passed' if rec.get('probe_passed') else 'not passed'} | "
                          f"{val.get('student_acc', float('nan')):.3f} ({per('student_acc')}) | "
                          f"{val.get('teacher_answer_acc', float('nan')):.3f} ({per('teacher_answer_acc')}) | "
-                         f"{rec.get('blur_steps', '-')} | {val.get('blur_true_prob', float('nan')):.2f} |")
+                         f"{val.get('blur_true_prob', float('nan')):.2f} |")
     return "\n".join(lines)
 
 

@@ -34,8 +34,8 @@ def synthetic_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def warm_model_dir(tmp_path_factory, tiny_model_dir, synthetic_data_dir) -> Path:
-    """The tiny model after a short warm start (``build_warm_start``, 120 steps, no probe, no blur) on the session's
-    48 synthetic train rows. What the e2e tests need of it holds by construction, not by where 120 steps land: the
+    """The tiny model after a short warm start (``build_warm_start``, 120 steps at lr 3e-3, no probe, hard targets) on
+    the session's 48 synthetic train rows. What the e2e tests need of it holds by construction, not by where 120 steps land: the
     format is learned within ~100 steps (measured: 0.5 of greedy answers well-formed at step 50, 1.0 at 100,
     seeds 0 and 1), and the warm start answers the ``more`` rows (its chance task) with a fresh fair draw of yes or
     no, so the model's answer to them does not depend on the image and groups of their responses mix rewards."""
@@ -43,4 +43,4 @@ def warm_model_dir(tmp_path_factory, tiny_model_dir, synthetic_data_dir) -> Path
 
     train = synthetic_data_dir / "synthetic" / "train.parquet"
     return build_warm_start(tiny_model_dir, train, tmp_path_factory.mktemp("tiny_qwen3vl_warm"), max_steps=TEST_WARM_STEPS,
-                            blur_acc=None, probe_rows=0, log=None)
+                            lr=3e-3, decay_after=TEST_WARM_STEPS, blur_acc=None, probe_rows=0, log=None)

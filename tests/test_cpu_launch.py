@@ -99,7 +99,7 @@ def test_compare_script_table_and_plot(tmp_path):
         (tmp_path / "metrics" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     warm = tmp_path / "tiny_qwen3vl_warm"
     warm.mkdir()
-    (warm / "warm_start.json").write_text(json.dumps({"steps": 160, "probe_passed": True, "blur_steps": 40, "validation": {
+    (warm / "warm_start.json").write_text(json.dumps({"steps": 160, "probe_passed": True, "validation": {
         "student_acc": 0.7, "student_acc/colour": 0.9, "student_acc/more": 0.5, "teacher_answer_acc": 1.0,
         "teacher_answer_acc/colour": 1.0, "teacher_answer_acc/more": 1.0, "blur_true_prob": 0.43}}))
     assert module.main(["--workdir", str(tmp_path), "--variants", "grpo", "rlsd", "--seeds", "0", "1"]) == 0
@@ -108,7 +108,7 @@ def test_compare_script_table_and_plot(tmp_path):
     assert lines[2] == "| grpo | 2 | 55.0 ± 7.1 | 70.0 ± 0.0 | +15.0 ± 7.1 | +10.0 |"
     assert lines[3] == "| rlsd | 0 | - | - | - | - |"  # no validation after training
     assert "| grpo | 1 | 0.600 | 0.700 | +10.0 |" in lines
-    assert "| 0 | 160 | passed | 0.700 (colour 0.90, more 0.50) | 1.000 (colour 1.00, more 1.00) | 40 | 0.43 |" in lines
+    assert "| 0 | 160 | passed | 0.700 (colour 0.90, more 0.50) | 1.000 (colour 1.00, more 1.00) | 0.43 |" in lines
     assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -138,19 +138,19 @@ def test_val_key_matches_the_cpu_config():
         released.temperature, released.top_p, released.top_k, released.do_sample)
 
 
-def test_warm_start_lines_report_both_phases(tmp_path):
-    """What the launcher prints before training, from a warm-start record: the teach phase, the blur phase and
-    its target, and the validation measurement (student, teacher given the answer, true-colour probability)."""
+def test_warm_start_lines_report_the_probe_and_the_gap(tmp_path):
+    """What the launcher prints before training, from a warm-start record: the steps and the probe, the soft
+    targets' weight, and the validation measurement (student, teacher given the answer, true-colour probability)."""
     from verl_ext.cpu.launch import warm_start_lines
 
     assert warm_start_lines(tmp_path) == []
     (tmp_path / "warm_start.json").write_text(json.dumps({
-        "steps": 350, "probe_passed": True, "blur_task": "colour", "blur_acc": 0.4, "blur_steps": 60, "blur_reached": True,
+        "steps": 350, "probe_passed": True, "blur_task": "colour", "blur_acc": 0.4,
         "validation": {"student_acc": 0.8, "student_acc/colour": 1.0, "student_acc/more": 0.6, "teacher_answer_acc": 1.0,
                        "teacher_answer_acc/colour": 1.0, "teacher_answer_acc/more": 1.0,
                        "blur_true_prob": 0.43, "blur_true_top": 1.0}}))
     lines = warm_start_lines(tmp_path)
     assert lines[0] == "warm start: 350 supervised steps, probe passed"
-    assert lines[1] == "  then 60 steps blurring colour towards a true-answer probability of 0.4 (reached)"
+    assert lines[1] == "  colour taught with soft targets: the true answer weighted 0.4, the others sharing the rest"
     assert lines[2] == "  student, no hint (greedy, validation): 0.800 (colour 1.00, more 0.60)"
     assert lines[4] == "  student's probability of the true colour answer (validation): 0.43, the most probable one on 1.00 of rows"

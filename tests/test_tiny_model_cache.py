@@ -35,7 +35,7 @@ def test_warm_start_rebuilt_when_settings_or_inputs_change(tmp_path, tiny_model_
     train = tmp_path / "train.parquet"
     shutil.copy(synthetic_data_dir / "synthetic" / "train.parquet", train)
     out = tmp_path / "warm"
-    kw = {"max_steps": 1, "blur_max_steps": 1, "batch_size": 2, "rows": 4, "probe_rows": 0, "log": None}
+    kw = {"max_steps": 1, "batch_size": 2, "rows": 4, "probe_rows": 0, "log": None}
 
     build_warm_start(base, train, out, **kw)
     first = _mtime(out)

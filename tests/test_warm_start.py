@@ -1,6 +1,6 @@
 """The warm start's training examples: the reference traces, the chance task's fair draws, the blurred task's
 weighted targets, the weighted loss, the teacher-layout rows (whose prompt must be token for token the prompt the
-trainer's teacher pass builds), and the true-answer probability that stops the blur phase."""
+trainer's teacher pass builds), and the true-answer probability the probe reports."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _tasks(data):
     return {t: [i for i, r in enumerate(data.rows) if data.task(r) == t] for t in ("colour", "more")}
 
 
-def test_taught_task_targets_are_the_reference_traces_until_the_blur(data):
+def test_taught_task_targets_are_the_reference_traces_without_soft_targets(data):
     rng = random.Random(0)
     assert data.blur_acc is None
     for i in _tasks(data)["colour"]:
@@ -50,7 +50,7 @@ def test_chance_task_answers_are_fair_draws_independent_of_the_image(data):
 
 
 def test_blurred_task_targets_every_answer_with_the_set_weights(data):
-    """While blurring at q = 0.4, a colour row's student targets are the four colours' traces (thought and answer
+    """With soft targets at q = 0.4, a colour row's student targets are the four colours' traces (thought and answer
     naming the same colour), the true one weighted 0.4 and each other 0.2; the chance task is unchanged."""
     data.blur_acc = 0.4
     try:

@@ -249,8 +249,8 @@ def warm_start_lines(warm_dir: Path) -> list[str]:
     probe = "" if "probe_passed" not in done else f", probe {'passed' if done['probe_passed'] else 'NOT passed'}"
     lines = [f"warm start: {done.get('steps')} supervised steps{probe}"]
     if done.get("blur_acc") is not None:
-        lines.append(f"  then {done.get('blur_steps')} steps blurring {done.get('blur_task')} towards a true-answer "
-                     f"probability of {done['blur_acc']} ({'reached' if done.get('blur_reached') else 'NOT reached'})")
+        lines.append(f"  {done.get('blur_task')} taught with soft targets: the true answer weighted {done['blur_acc']}, "
+                     "the others sharing the rest")
     if val:
         tasks = sorted(k.split("/", 1)[1] for k in val if k.startswith("student_acc/"))
         per = lambda who: ", ".join(f"{t} {val[f'{who}/{t}']:.2f}" for t in tasks)  # noqa: E731

@@ -99,7 +99,8 @@ def test_forward_matches_verls_full_logits(model, temperature):
     assert float(ours["model_output"]["log_probs"].values().abs().sum()) < float(ref["model_output"]["log_probs"].values().abs().sum())
 
 
-def test_gradients_match_verls_full_logits(model):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])  # 0.7: our temperature division runs in place
+def test_gradients_match_verls_full_logits(model, temperature):
     """In float64. The two paths compute the same sums in a different order (ours over the response positions,
     verl's over every position, whose zero terms change the blocking of each matmul and so the rounding). In
     float32 the tied embedding's gradient sums hundreds of terms per row, and its rounding differs with the
@@ -112,7 +113,7 @@ def test_gradients_match_verls_full_logits(model):
         m = copy.deepcopy(model).double().train()
         eng = engine(cls, m)
         eng._autocast_dtype = torch.float64  # CPU autocast does not take float64: verl's autocast block is a no-op
-        data = micro_batch()
+        data = micro_batch(temperature)
         data["temperature"] = data["temperature"].double()
         loss, _ = eng.forward_step(data, response_loss, forward_only=False)
         loss.backward()

@@ -107,7 +107,9 @@ class _ResponseLogitsMixin:
         row_of = rows.nonzero()  # [N, 2]: (row, column), row-major as the hook selected them
         flat = offsets[row_of[:, 0]] + row_of[:, 1]  # index into the packed (total_nnz,) layout
         if not output_args.get("temperature_is_one", False):
-            logits = logits / output_args["temperature"].to(logits.dtype)[row_of[:, 0], None]
+            # in place: the same division without a second [N, V] tensor (a fresh one costs its page faults, as
+            # long as the division itself on CPU); the LM head's backward does not read its output
+            logits = logits.div_(output_args["temperature"].to(logits.dtype)[row_of[:, 0], None])
         total = int(offsets[-1])
 
         def packed(values: torch.Tensor) -> torch.Tensor:

@@ -22,12 +22,16 @@ from verl_ext.cpu.engine import CPUFSDPEngineWithLMHead, response_positions
 
 PROMPTS = [[11, 12, 13, 14, 15], [21, 22], [31, 32, 33, 34]]
 RESPONSES = [[41, 42, 43], [51, 52, 53, 54, 55], [61]]
-P, R = max(map(len, PROMPTS)), max(map(len, RESPONSES))
+# two responses to one prompt that share their first two tokens (as a group's rows do), and a third row
+SHARED_PROMPTS = [[11, 12, 13], [11, 12, 13], [21, 22]]
+SHARED_RESPONSES = [[41, 42, 43], [41, 42, 44], [51, 52]]
 
 
-def micro_batch(temperature: float = 1.0, use_remove_padding: bool = False) -> TensorDict:
+def micro_batch(temperature: float = 1.0, use_remove_padding: bool = False, rows=(PROMPTS, RESPONSES)) -> TensorDict:
     """A left-padded prompt / right-padded response batch as verl's trainer builds it, converted by verl's own
     ``left_right_2_no_padding`` to the engine's nested layout."""
+    PROMPTS, RESPONSES = rows
+    P, R = max(map(len, PROMPTS)), max(map(len, RESPONSES))
     B = len(PROMPTS)
     prompts, responses = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, R, dtype=torch.long)
     mask = torch.zeros(B, P + R, dtype=torch.long)
@@ -99,7 +103,8 @@ def test_forward_matches_verls_full_logits(model, temperature):
     assert float(ours["model_output"]["log_probs"].values().abs().sum()) < float(ref["model_output"]["log_probs"].values().abs().sum())
 
 
-def test_gradients_match_verls_full_logits(model):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])  # 0.7: our temperature division runs in place
+def test_gradients_match_verls_full_logits(model, temperature):
     """In float64. The two paths compute the same sums in a different order (ours over the response positions,
     verl's over every position, whose zero terms change the blocking of each matmul and so the rounding). In
     float32 the tied embedding's gradient sums hundreds of terms per row, and its rounding differs with the
@@ -112,7 +117,7 @@ def test_gradients_match_verls_full_logits(model):
         m = copy.deepcopy(model).double().train()
         eng = engine(cls, m)
         eng._autocast_dtype = torch.float64  # CPU autocast does not take float64: verl's autocast block is a no-op
-        data = micro_batch()
+        data = micro_batch(temperature)
         data["temperature"] = data["temperature"].double()
         loss, _ = eng.forward_step(data, response_loss, forward_only=False)
         loss.backward()
@@ -122,3 +127,61 @@ def test_gradients_match_verls_full_logits(model):
     for name in grads[0]:
         scale = float(grads[0][name].abs().max())
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-9 * max(scale, 1e-300), msg=name)
+
+
+def test_unique_rows_keeps_bits_apart_and_rebuilds_the_input():
+    from verl_ext.cpu.engine import unique_rows
+
+    h = torch.tensor([[1.0, 2.0], [0.0, 1.0], [1.0, 2.0], [-0.0, 1.0], [1.0, 2.0]], dtype=torch.bfloat16)
+    distinct, inverse = unique_rows(h)
+    assert distinct.shape[0] == 3  # -0.0 and 0.0 are different bits: not merged
+    assert torch.equal(distinct[inverse].view(torch.int16), h.view(torch.int16))
+    assert inverse[0] == inverse[2] == inverse[4] and len({int(inverse[1]), int(inverse[3]), int(inverse[0])}) == 3
+    assert unique_rows(h[:2])[1] is None  # all distinct: nothing to share
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_row_log_probs_match_verl_and_float64(dtype):
+    """Against verl's own ``logprobs_from_logits`` on the expanded rows (bit for bit: the same per-row operations)
+    and against float64 log-softmax of the same inputs. V = 1000: float32 summation of V terms is within
+    V * 2^-24 < 6e-5 relative of the sum, i.e. 6e-5 absolute in its log; bfloat16 rounds the result to 2^-8
+    relative (|log p| <= 12 here: 0.047), float32 results are exact to 2^-24 relative."""
+    from verl.utils.torch_functional import logprobs_from_logits
+    from verl_ext.cpu.engine import shared_row_log_probs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 1000, generator=g) * 3).to(dtype)
+    inverse = torch.tensor([0, 2, 2, 1, 3, 0, 2])
+    labels = torch.randint(0, 1000, (7,), generator=g)
+    ours = shared_row_log_probs(logits, inverse, labels)
+    verl = logprobs_from_logits(logits=logits[inverse], labels=labels)
+    assert ours.dtype == verl.dtype and torch.equal(ours, verl)
+    exact = torch.log_softmax(logits.double(), -1)[inverse, labels]
+    rel = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-24
+    torch.testing.assert_close(ours.double(), exact, rtol=rel, atol=6e-5)
+
+
+def test_forward_only_pass_shares_equal_hidden_states(model):
+    """Under no_grad (verl's forward-only passes) rows with the same prompt and response prefix share their LM-head
+    rows: the LM head sees fewer rows, and the log-probs / entropy equal verl's full-logits path; with gradients
+    every position keeps its own row (each hidden state needs its own gradient)."""
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: seen.append(a[0].shape[-2]))
+    try:
+        batch = lambda: micro_batch(0.7, rows=(SHARED_PROMPTS, SHARED_RESPONSES))  # noqa: E731
+        with torch.no_grad():
+            ref, ours = (engine(cls, model).forward_step(batch(), None, forward_only=True)[1]["model_output"]
+                         for cls in (FSDPEngineWithLMHead, CPUFSDPEngineWithLMHead))
+        # 8 response positions; rows 0 and 1 predict from the same 3 contexts: 3 + 2 distinct hidden states
+        assert seen[-1] == 5
+        data = batch()
+        for key in ("log_probs", "entropy"):
+            a = no_padding_2_padding(ref[key], data) * data["response_mask"]
+            b = no_padding_2_padding(ours[key], data) * data["response_mask"]
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        lp = no_padding_2_padding(ours["log_probs"], data)
+        assert lp[0, :2].tolist() == lp[1, :2].tolist() and lp[0, 2] != lp[1, 2]  # same contexts, labels 43 vs 44
+        engine(CPUFSDPEngineWithLMHead, model).forward_step(batch(), None, forward_only=True)
+        assert seen[-1] == 8
+    finally:
+        hook.remove()

@@ -15,7 +15,10 @@ while its losses and log-prob outputs read the response positions alone (``no_pa
 response positions: 1.3 s). :class:`_ResponseLogitsMixin` selects the hidden states of the positions that
 predict a response token before the LM head and writes their log-probs (entropy) into verl's nested output
 with zeros at the prompt positions; any other layout (packed, fused kernels, top-k distillation) runs verl's
-code unchanged.
+code unchanged. In forward-only passes (old log-probs, the teacher) positions whose hidden states are the same
+bits (the rows of a group share the prompt and usually the first response tokens: ~30% of the positions are
+distinct on the CPU default) go through the LM head and log-softmax once; the values are those of verl's
+per-row computation, bit for bit. With gradients every position keeps its own row.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 import verl.utils.torch_functional as verl_F
 from verl.utils import tensordict_utils as tu
@@ -72,17 +76,51 @@ def response_positions(data) -> torch.Tensor | None:
     return (cols >= prompt_lens[:, None] - 1) & (cols < (prompt_lens + response_lens)[:, None] - 1)
 
 
+def unique_rows(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The bitwise-distinct rows of ``hidden`` ``[N, H]`` and each row's index among them; ``(hidden, None)``
+    when all differ. The rows of a group share the prompt, and often the start of their responses: their hidden
+    states there are the same bits, hence the same logits (the LM head and log-softmax work row by row)."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(hidden.element_size())
+    if bits is None or hidden.shape[0] < 2:
+        return hidden, None
+    distinct, inverse = torch.unique(hidden.contiguous().view(bits), dim=0, return_inverse=True)
+    if distinct.shape[0] == hidden.shape[0]:
+        return hidden, None
+    return distinct.view(hidden.dtype), inverse
+
+
+def shared_row_log_probs(logits: torch.Tensor, inverse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logprobs_from_logits(logits[inverse], labels)`` as verl computes it on CPU (``logprobs_from_logits_v2``:
+    label logit minus the row's logsumexp in float32/64, the label's entry of the row's log-softmax otherwise),
+    with each distinct row's normaliser computed once."""
+    if logits.dtype in (torch.float32, torch.float64):
+        lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        return logits[inverse, labels] - lse[inverse]
+    out = torch.empty(labels.shape, dtype=logits.dtype, device=logits.device)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=logits.shape[0]).tolist()
+    for row, idx in zip(logits, order.split(counts)):
+        out[idx] = F.log_softmax(row, dim=-1)[labels[idx]]
+    return out
+
+
 class _ResponseLogitsMixin:
     """LM head, log-softmax and entropy at the response positions only (see the module docstring)."""
 
     _pending_rows: torch.Tensor | None = None
     _rows_hook = None
+    _inverse: torch.Tensor | None = None
+    _dedupe_next = False
 
     def _select_rows_hook(self, module, args):
         rows, self._pending_rows = self._pending_rows, None
         if rows is None:
             return None
-        return (args[0][rows].unsqueeze(0), *args[1:])  # [1, N, hidden]: the selected positions in row order
+        hidden = args[0][rows]  # [N, hidden]: the selected positions in row order
+        self._inverse = None
+        if self._dedupe_next:
+            hidden, self._inverse = unique_rows(hidden)
+        return (hidden.unsqueeze(0), *args[1:])
 
     def prepare_model_inputs(self, micro_batch):
         model_inputs, output_args = super().prepare_model_inputs(micro_batch)
@@ -92,22 +130,30 @@ class _ResponseLogitsMixin:
                 head = self.module.get_output_embeddings()
                 self._rows_hook = head.register_forward_pre_hook(self._select_rows_hook)
             self._pending_rows = rows
+            # forward-only passes with one temperature: equal hidden states share one LM-head row
+            temperature = micro_batch["temperature"]
+            self._dedupe_next = not torch.is_grad_enabled() and (
+                not isinstance(temperature, torch.Tensor) or bool((temperature == temperature.flatten()[0]).all()))
             output_args["response_rows"] = rows
         return model_inputs, output_args
 
     def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
         rows = output_args.get("response_rows")
-        self._pending_rows = None
+        inverse, self._pending_rows, self._inverse = self._inverse, None, None
         if rows is None:
             return super().prepare_model_outputs(output, output_args, micro_batch, logits_processor_func)
         offsets = micro_batch["input_ids"].offsets()
-        logits = output.logits.squeeze(0)  # [N, V]
-        if logits.shape[0] != int(rows.sum()):
-            raise RuntimeError(f"LM head returned {logits.shape[0]} positions for {int(rows.sum())} response positions")
+        logits = output.logits.squeeze(0)  # [N, V], or [U, V] for the U distinct hidden states
         row_of = rows.nonzero()  # [N, 2]: (row, column), row-major as the hook selected them
+        expected = int(rows.sum()) if inverse is None else int(inverse.max()) + 1
+        if logits.shape[0] != expected:
+            raise RuntimeError(f"LM head returned {logits.shape[0]} positions for {expected} response positions")
         flat = offsets[row_of[:, 0]] + row_of[:, 1]  # index into the packed (total_nnz,) layout
         if not output_args.get("temperature_is_one", False):
-            logits = logits / output_args["temperature"].to(logits.dtype)[row_of[:, 0], None]
+            # in place: the same division without a second [N, V] tensor (a fresh one costs its page faults, as
+            # long as the division itself on CPU); the LM head's backward does not read its output
+            temperature = output_args["temperature"].to(logits.dtype)[row_of[:, 0], None]
+            logits = logits.div_(temperature if inverse is None else temperature[: logits.shape[0]])
         total = int(offsets[-1])
 
         def packed(values: torch.Tensor) -> torch.Tensor:
@@ -117,11 +163,15 @@ class _ResponseLogitsMixin:
         model_output = {}
         if not tu.get_non_tensor_data(data=micro_batch, key="distillation_only", default=False):
             labels = output_args["input_ids_rmpad_rolled"][flat]
-            model_output["log_probs"] = packed(logprobs_from_logits(logits=logits, labels=labels))
+            if inverse is None:
+                model_output["log_probs"] = packed(logprobs_from_logits(logits=logits, labels=labels))
+            else:
+                model_output["log_probs"] = packed(shared_row_log_probs(logits, inverse, labels))
+        expand = (lambda v: v) if inverse is None else (lambda v: v[inverse])  # noqa: E731
         if tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False):
-            model_output["entropy"] = packed(verl_F.entropy_from_logits(logits))
+            model_output["entropy"] = packed(expand(verl_F.entropy_from_logits(logits)))
         if tu.get_non_tensor_data(data=micro_batch, key="calculate_sum_pi_squared", default=False):
-            model_output["sum_pi_squared"] = packed(verl_F.calculate_sum_pi_squared_from_logits(logits))
+            model_output["sum_pi_squared"] = packed(expand(verl_F.calculate_sum_pi_squared_from_logits(logits)))
         return model_output
 
 

@@ -41,9 +41,10 @@ from pathlib import Path
 WARM_DEFAULTS = {"max_steps": 800, "batch_size": 16, "lr": 1e-3, "decay_after": 400, "halflife": 100, "seed": 0,
                  "rows": 600, "chance_task": "more", "blur_task": "colour", "blur_acc": 0.4,
                  "teacher_frac": 0.5, "probe_rows": 60, "probe_every": 50}  # fmt: skip
-# The bar (greedy accuracy on held-out rows): format over all rows, the gap task (its greedy answer, the mode of the
-# soft targets), and the teacher given the answer hint over all rows.
-PROBE_BAR = {"student_format": 0.95, "student_blur_greedy": 0.9, "teacher_answer_acc": 0.97}
+# The bar (held-out rows): format over all rows (greedy); the gap task's greedy answer and the share of its rows
+# whose true answer is the most probable (teacher-forced over the task's answers; seed 0 passed the greedy bar
+# with 0.93 of rows and 12 GRPO steps from there gained nothing); the teacher given the answer hint (greedy).
+PROBE_BAR = {"student_format": 0.95, "student_blur_greedy": 0.9, "blur_true_top": 0.95, "teacher_answer_acc": 0.97}
 CHANCE_THOUGHT = "looking at the images"
 # Teacher-layout examples by hint source: the answer (RLSD), the reference trace (OPSD, GRPO+OPSD), a
 # successful sibling with or without a failed one (SDPO's template).
@@ -311,7 +312,8 @@ def lr_at(step: int, lr: float, decay_after: int, halflife: int) -> float:
 
 
 def passes(probe: dict[str, float]) -> bool:
-    return all(probe[k] >= v for k, v in PROBE_BAR.items())
+    """Every bar the probe measured is met (``blur_true_top`` is absent when the probe rows hold no gap task)."""
+    return all(probe.get(k, v) >= v for k, v in PROBE_BAR.items())
 
 
 def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DEFAULTS["max_steps"],
@@ -388,7 +390,7 @@ def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DE
         if probe_idx and step % probe_every == 0:
             model.eval()
             probe = {"step": step, **measure(model, data, probe_idx)}
-            probe.update(true_answer_prob(model, data, probe_idx) if blur_acc is not None else {})
+            probe.update(true_answer_prob(model, data, probe_idx))
             history.append(probe)
             say("warm start probe: " + ", ".join(f"{k} {v:.2f}" for k, v in probe.items() if k != "step"))
             if passes(probe):

@@ -21,6 +21,26 @@ def test_last_checkpoint_reads_verls_tracker(tmp_path):
     assert "none" in last_checkpoint(None)
 
 
+def test_death_causes_that_end_the_run():
+    """Ray's own death-cause records (its protobuf, as ``state.actors()`` returns it): a worker that died and one the
+    memory monitor killed end the run; an actor ended on purpose does not."""
+    from ray.core.generated.common_pb2 import ActorDeathCause
+
+    died, oom, ended = ActorDeathCause(), ActorDeathCause(), ActorDeathCause()
+    died.actor_died_error_context.reason = died.actor_died_error_context.WORKER_DIED
+    oom.oom_context.error_message = "3 worker(s) were killed due to the node running low on memory."
+    oom.oom_context.fail_immediately = True
+    ended.actor_died_error_context.reason = ended.actor_died_error_context.RAY_KILL
+    table = {str(i): {"State": "DEAD", "DeathCause": cause, "ActorClassName": cls, "Name": "", "Pid": 100 + i,
+                      "Address": {"IPAddress": "10.0.0.1"}}
+             for i, (cls, cause) in enumerate([("WorkerDict", died), ("AgentLoopWorkerTQ", oom), ("Helper", ended)])}
+    table["3"] = {**table["0"], "State": "ALIVE"}
+    assert dead_workers(table) == [
+        "WorkerDict (name -, pid 100, node 10.0.0.1): WORKER_DIED",
+        "AgentLoopWorkerTQ (name -, pid 101, node 10.0.0.1): killed by Ray's memory monitor (the node ran low on memory)",
+    ]
+
+
 @pytest.mark.skipif(os.environ.get("RLSD_SLOW_TESTS") != "1", reason="set RLSD_SLOW_TESTS=1 to run: inside the "
                     "full suite's process its actor was cancelled before it started (passes alone); the watchdog is "
                     "covered end to end by test_multiworker_cpu.py::test_worker_killed_mid_step_ends_the_run_with_a_message")

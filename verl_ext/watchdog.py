@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 FAILED_REASONS = ("WORKER_DIED", "NODE_DIED")
+# Ray's memory monitor records its kills as an ``oom_context``, with no reason field: a run whose agent-loop worker
+# it killed waited on that worker's requests for good (measured: 12 minutes, "running: 8, finished: 0")
+OOM_CAUSE = "oom_context"
 EXIT_STATUS = 1
 ENGINE_ERROR_NAMESPACE = "verl_ext"
 ENGINE_ERROR_PREFIX = "engine_error/"
@@ -68,19 +71,23 @@ def last_checkpoint(checkpoint_dir: str | os.PathLike | None) -> str:
 
 def dead_workers(actors: dict) -> list[str]:
     """Descriptions of the actors in Ray's actor table (``ray._private.state.actors()``) that died with their
-    process or node."""
+    process or node, or were killed by Ray's memory monitor."""
     out = []
     for info in actors.values():
         if info.get("State") != "DEAD":
             continue
         cause = str(info.get("DeathCause", ""))
-        if not any(f"reason: {r}" in cause for r in FAILED_REASONS):
+        if OOM_CAUSE in cause:
+            why = "killed by Ray's memory monitor (the node ran low on memory)"
+        elif any(f"reason: {r}" in cause for r in FAILED_REASONS):
+            why = next(r for r in FAILED_REASONS if r in cause)
+        else:
             continue
         address = info.get("Address") or {}
         name = info.get("Name") or "-"
         out.append(
             f"{info.get('ActorClassName') or info.get('ClassName') or 'actor'} (name {name}, pid {info.get('Pid')}, "
-            f"node {address.get('IPAddress', '?')}): {next((r for r in FAILED_REASONS if r in cause), 'died')}"
+            f"node {address.get('IPAddress', '?')}): {why}"
         )
     return out
 

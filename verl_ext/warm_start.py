@@ -24,8 +24,8 @@ the chance task, not the task.
 
 Measured on the way here: at lr 3e-3 the colour answers of a colour-only run jumped between 0.3 and 0.7 of
 probe rows for 100 steps, where lr 1e-3 ranked the true colour first on every row by step 75; a blur applied
-after hard-label training (a second phase) kept the task from a short teach phase but lost it (0.38-0.49 of
-rows) from teach phases that ran 800 steps.
+after hard-label training (a second phase) lost the colour ranking (0.38-0.49 of rows) after teach phases of 800
+steps, and the teacher's copy of the dots answer (1.00 -> 0.33 within 20-40 steps) even after short ones.
 
 After training, the greedy measurement and the true-answer probability run on the validation split and are
 saved in ``warm_start.json`` (``python -m verl_ext.cpu.launch`` prints them before training).
@@ -275,7 +275,8 @@ def greedy_responses(model, data: WarmData, prompts: list[tuple[int, str]], max_
 
 def measure(model, data: WarmData, indices: list[int]) -> dict[str, float]:
     """Greedy accuracy of the student (per task, format) and of the teacher given the answer hint, with the
-    project's reward (``verl_ext.reward.compute_score``, the training reward)."""
+    project's reward (``verl_ext.reward.compute_score``, the training reward), and the gap task's teacher-forced
+    true-answer probability (``true_answer_prob``; absent without gap-task rows)."""
     from verl_ext.reward import compute_score
     from verl_ext.reward.extract import has_format
 
@@ -301,6 +302,7 @@ def measure(model, data: WarmData, indices: list[int]) -> dict[str, float]:
     taught = [t for t in tasks if t not in (data.blur_task, data.chance_task)]
     result["student_taught"] = min(result[f"student_acc/{t}"] for t in taught) if taught else 1.0
     result["student_blur_greedy"] = result.get(f"student_acc/{data.blur_task}", 1.0)
+    result.update(true_answer_prob(model, data, indices))
     return result
 
 
@@ -390,7 +392,6 @@ def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DE
         if probe_idx and step % probe_every == 0:
             model.eval()
             probe = {"step": step, **measure(model, data, probe_idx)}
-            probe.update(true_answer_prob(model, data, probe_idx))
             history.append(probe)
             say("warm start probe: " + ", ".join(f"{k} {v:.2f}" for k, v in probe.items() if k != "step"))
             if passes(probe):
@@ -404,7 +405,7 @@ def build_warm_start(model_dir, train_parquet, out_dir, max_steps: int = WARM_DE
     if val_parquet:
         val = WarmData(pq.read_table(str(val_parquet)).to_pylist(), processor, blur_task, chance_task=chance_task)
         idx = list(range(len(val.rows)))
-        result["validation"] = {**measure(model, val, idx), **true_answer_prob(model, val, idx)}
+        result["validation"] = measure(model, val, idx)
     result["seconds"] = round(time.time() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

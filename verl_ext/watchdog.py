@@ -77,11 +77,9 @@ def dead_workers(actors: dict) -> list[str]:
         if info.get("State") != "DEAD":
             continue
         cause = str(info.get("DeathCause", ""))
-        if OOM_CAUSE in cause:
-            why = "killed by Ray's memory monitor (the node ran low on memory)"
-        elif any(f"reason: {r}" in cause for r in FAILED_REASONS):
-            why = next(r for r in FAILED_REASONS if r in cause)
-        else:
+        why = ("killed by Ray's memory monitor (the node ran low on memory)" if OOM_CAUSE in cause
+               else next((r for r in FAILED_REASONS if f"reason: {r}" in cause), None))
+        if why is None:
             continue
         address = info.get("Address") or {}
         name = info.get("Name") or "-"

@@ -20,13 +20,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from verl_ext.cpu.launch import VAL_KEY, read_metrics, seed_dirs, start_end
+from verl_ext.cpu.launch import read_metrics, seed_dirs, start_end, val_acc_key
 
 VARIANTS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "rlsd_shuffled")
-PANELS = (("validation accuracy (test split)", VAL_KEY), ("mean reward (training samples)", "critic/score/mean"))
+# None: each run's own validation accuracy key (mean over its val_kwargs.n samples per row)
+PANELS = (("validation accuracy (test split)", None), ("mean reward (training samples)", "critic/score/mean"))
 
 
-def series(metrics: dict[int, dict[str, float]], key: str) -> dict[int, float]:
+def series(metrics: dict[int, dict[str, float]], key: str | None = None) -> dict[int, float]:
+    key = key or val_acc_key(metrics)
     return {s: metrics[s][key] for s in sorted(metrics) if key in metrics[s]}
 
 
@@ -36,7 +38,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def summary(runs: dict[str, dict[int, dict]]) -> dict[str, float] | None:
     """Over one variant's seeds: mean and std of start, end and gain of validation accuracy (points), min gain."""
-    pairs = [start_end(m, VAL_KEY) for m in runs.values() if len(series(m, VAL_KEY)) >= 2]
+    pairs = [start_end(m, val_acc_key(m)) for m in runs.values() if len(series(m)) >= 2]
     if not pairs:
         return None
     out = {"n": len(pairs)}
@@ -70,8 +72,8 @@ def table(results: dict[str, dict[int, dict]], warm: dict[int, dict]) -> str:
               "|---|---|---|---|---|"]  # fmt: skip
     for variant, runs in results.items():
         for seed, metrics in sorted(runs.items()):
-            pair = start_end(metrics, VAL_KEY)
-            if pair and len(series(metrics, VAL_KEY)) >= 2:
+            pair = start_end(metrics, val_acc_key(metrics))
+            if pair and len(series(metrics)) >= 2:
                 lines.append(f"| {variant} | {seed} | {pair[0]:.3f} | {pair[1]:.3f} | {100 * (pair[1] - pair[0]):+.1f} |")
     if warm:
         lines += ["", "Warm start per seed (greedy, validation split): the student without a hint, the teacher given "

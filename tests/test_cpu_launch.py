@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import math
+
 import pytest
 
 from verl_ext.cpu.launch import (
@@ -22,8 +24,8 @@ from verl_ext.cpu.launch import (
 
 
 def test_method_overrides():
-    assert method_overrides("grpo") == ["algorithm.adv_estimator=grpo", "trainer.v1.trainer_mode=sync"]
-    for method in ("rlsd", "opsd", "sdpo", "grpo_opsd"):
+    # one trainer for every method: grpo too, so that the comparison differs in the estimator only
+    for method in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd"):
         assert method_overrides(method) == [f"algorithm.adv_estimator={method}", "trainer.v1.trainer_mode=self_distill"]
     with pytest.raises(ValueError, match="unknown method 'ppo'"):
         method_overrides("ppo")
@@ -45,6 +47,7 @@ def test_read_metrics_and_table(tmp_path):
     metrics = read_metrics(path)
     assert metrics[1]["rlsd/lambda"] == 0.5 and sorted(metrics) == [1, 2, 3]
     assert mean_step_seconds(metrics) == pytest.approx(4.0)  # (3 + 5) / 2, warm-up step left out
+    assert math.isnan(mean_step_seconds({}))  # trainer.val_only=true: no step ran
     table = format_table(metrics, columns=(("lambda", "rlsd/lambda"), ("step_s", "timing_s/step")))
     assert table.splitlines()[1].split() == ["1", "0.5", "10"]
     assert table.splitlines()[2].split() == ["2", "-", "3"]
@@ -86,7 +89,7 @@ def test_compare_script_table_and_plot(tmp_path):
     spec = importlib.util.spec_from_file_location("compare_cpu", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    val = module.VAL_KEY
+    val = "val-core/synthetic/acc/mean@2"  # the comparison validates with val_kwargs.n=2
 
     def run(start, mid, end):
         return [{"step": 0, "data": {val: start}}, {"step": 1, "data": {"critic/score/mean": 0.3}},
@@ -110,6 +113,15 @@ def test_compare_script_table_and_plot(tmp_path):
     assert "| grpo | 1 | 0.600 | 0.700 | +10.0 |" in lines
     assert "| 0 | 160 | passed | 0.700 (colour 0.90, more 0.50) | 1.000 (colour 1.00, more 1.00) | 0.43 |" in lines
     assert (tmp_path / "compare" / "cpu_compare.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_val_acc_key_follows_val_kwargs_n():
+    from verl_ext.cpu.launch import VAL_KEY, val_acc_key
+
+    assert val_acc_key({0: {"val-core/synthetic/acc/mean@2": 0.5, "val-core/synthetic/acc/best@2/mean": 0.7}}) == (
+        "val-core/synthetic/acc/mean@2")
+    assert val_acc_key({0: {"critic/score/mean": 0.1}}) == VAL_KEY  # nothing logged yet: the config's n
+    assert val_acc_key({}, "arithmetic") == "val-core/arithmetic/acc/mean@4"
 
 
 def test_seed_plumbing():

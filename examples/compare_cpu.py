@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from verl_ext.cpu.launch import read_metrics, seed_dirs, start_end, val_acc_key
+from verl_ext.cpu.launch import read_metrics, seed_dirs, val_acc_key
 
 VARIANTS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "rlsd_shuffled")
 # None: each run's own validation accuracy key (mean over its val_kwargs.n samples per row)
@@ -32,13 +32,19 @@ def series(metrics: dict[int, dict[str, float]], key: str | None = None) -> dict
     return {s: metrics[s][key] for s in sorted(metrics) if key in metrics[s]}
 
 
+def val_start_end(metrics: dict[int, dict[str, float]]) -> tuple[float, float] | None:
+    """Validation accuracy at the first and the last validated step; None unless validated at least twice."""
+    values = list(series(metrics).values())
+    return (values[0], values[-1]) if len(values) >= 2 else None
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summary(runs: dict[str, dict[int, dict]]) -> dict[str, float] | None:
     """Over one variant's seeds: mean and std of start, end and gain of validation accuracy (points), min gain."""
-    pairs = [start_end(m, val_acc_key(m)) for m in runs.values() if len(series(m)) >= 2]
+    pairs = [pair for pair in map(val_start_end, runs.values()) if pair]
     if not pairs:
         return None
     out = {"n": len(pairs)}
@@ -72,8 +78,8 @@ def table(results: dict[str, dict[int, dict]], warm: dict[int, dict]) -> str:
               "|---|---|---|---|---|"]  # fmt: skip
     for variant, runs in results.items():
         for seed, metrics in sorted(runs.items()):
-            pair = start_end(metrics, val_acc_key(metrics))
-            if pair and len(series(metrics)) >= 2:
+            pair = val_start_end(metrics)
+            if pair:
                 lines.append(f"| {variant} | {seed} | {pair[0]:.3f} | {pair[1]:.3f} | {100 * (pair[1] - pair[0]):+.1f} |")
     if warm:
         lines += ["", "Warm start per seed (greedy, validation split): the student without a hint, the teacher given "

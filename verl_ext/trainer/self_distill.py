@@ -63,6 +63,7 @@ from verl_ext.preflight import multiple_update_problems, one_update_message
 from verl_ext.privileged import PrivilegedPromptBuilder, StudentSample, TeacherConfig
 from verl_ext.trainer.schedule import TeacherSchedule
 from verl_ext.trainer.thought import thought_mask
+from verl_ext.trainer.val_metrics import mean_std_metrics, split_infos
 from verl_ext.trainer.worker import SelfDistillWorker
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,16 @@ class SelfDistillTrainer(PPOTrainerSync):
         if self.kl_needs_ref:
             return super()._compute_ref_log_prob(batch, metrics)
         return batch
+
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
+                            expected_acc_counts=None) -> dict[str, float]:
+        # verl's bootstrap (best@k/worst@k) only for the score keys; the reward's counters get mean@n and std@n
+        # (verl_ext.trainer.val_metrics: ~1 s per key per validation saved on CPU)
+        core, aux = split_infos(reward_extra_infos_dict)
+        metrics = super()._val_metrics_update(data_sources, sample_uids, core, sample_turns,
+                                              expected_acc_counts=expected_acc_counts)
+        metrics.update(mean_std_metrics(data_sources, sample_uids, aux))
+        return metrics
 
     # ------------------------------------------------------------------ teacher pass
     def _builder(self) -> PrivilegedPromptBuilder:

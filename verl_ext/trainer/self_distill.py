@@ -197,6 +197,31 @@ class SelfDistillTrainer(PPOTrainerSync):
         buffer.poll_interval = float(options.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S))
         return buffer
 
+    # ------------------------------------------------------------------ batch order
+    def _fetch_one_gen_batch(self):
+        batch = super()._fetch_one_gen_batch()
+        order = self.__dict__.setdefault("_uid_position", {})
+        for uid in batch["uid"]:
+            order[str(uid)] = len(order)
+        return batch
+
+    def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+        # The replay buffer hands rows over in the order rollouts finished, and the rollout's per-request seeds
+        # follow arrival order too. With several rollout replicas both change from run to run, and with them
+        # which rank and micro-batch a row lands in: float sums in another order, which Adam's first steps turn
+        # into weight differences of order lr. Sorting by dataloader position, then response tokens, makes a
+        # run with several workers repeat itself; verl then balances. One worker (one replica) already repeats
+        # itself, and its order is kept.
+        positions = self.__dict__.setdefault("_uid_position", {})
+        trainer = self.config.trainer
+        if int(trainer.n_gpus_per_node) * int(trainer.nnodes) > 1 and len(batch.keys) > 1:
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses"])
+            responses = [tuple(r.tolist()) for r in _rows(data["responses"], len(batch.keys))]
+            batch.reorder(dataloader_order(batch.keys, positions, responses))
+        for key in batch.keys:
+            positions.pop(key.rsplit("_", 2)[0], None)
+        return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
+
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         needs_copy = self.teacher_schedule is not None and self.teacher_schedule.needs_copy
@@ -451,6 +476,20 @@ class SelfDistillTrainer(PPOTrainerSync):
             {f: response_to_nested(data.batch[f], response_mask) for f in out_fields}, batch_size=len(batch)
         )
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+
+def dataloader_order(keys: list[str], uid_position: dict[str, int], responses: list[tuple] | None = None) -> list[int]:
+    """Indices that sort trajectory keys ``{uid}_{sample}_{turn}`` (verl's agent loop) by the uid's position in
+    the dataloader, then by response tokens (when given: which sample index drew which seed can change between
+    runs), then sample and turn; keys of unknown uids or another form keep their order, after the rest."""
+
+    def rank(i: int) -> tuple:
+        uid, sample, turn = (keys[i].rsplit("_", 2) + ["", ""])[:3]
+        if uid not in uid_position or not (sample.isdigit() and turn.isdigit()):
+            return (1, i, (), 0, 0)
+        return (0, uid_position[uid], responses[i] if responses is not None else (), int(sample), int(turn))
+
+    return sorted(range(len(keys)), key=rank)
 
 
 def without_invalid_rows(

@@ -185,3 +185,43 @@ def test_forward_only_pass_shares_equal_hidden_states(model):
         assert seen[-1] == 8
     finally:
         hook.remove()
+
+
+def test_shared_images_encode_each_image_once(tiny_model_dir):
+    """In forward-only passes the vision tower runs once per distinct image (a group's rows share theirs) and every
+    row gets outputs equal, bit for bit, to the tower run on all images; with gradients nothing changes."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from verl_ext.cpu.engine import SharedImages
+
+    rng = np.random.default_rng(0)
+    a, b, c = (Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3))
+    images = AutoProcessor.from_pretrained(str(tiny_model_dir)).image_processor(images=[a, a, b, a, c], return_tensors="pt")
+    pv, grid = images["pixel_values"], images["image_grid_thw"]
+    # a model of its own: the engines of the tests above left their hooks on the module-scoped one
+    from transformers import Qwen3VLForConditionalGeneration
+
+    visual = Qwen3VLForConditionalGeneration.from_pretrained(str(tiny_model_dir), dtype=torch.float32).model.visual
+    seen = []
+    probe = visual.patch_embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        ref = visual(pv, grid_thw=grid, return_dict=True)
+    shared = SharedImages(visual)
+    try:
+        with torch.no_grad():
+            ours = visual(pv, grid_thw=grid, return_dict=True)
+        assert seen[-1] * 5 == seen[0] * 3  # three distinct images encoded, not five
+        assert torch.equal(ours.last_hidden_state, ref.last_hidden_state)
+        assert torch.equal(ours.pooler_output, ref.pooler_output)
+        assert len(ours.deepstack_features) == len(ref.deepstack_features) > 0
+        assert all(torch.equal(x, y) for x, y in zip(ours.deepstack_features, ref.deepstack_features))
+        tokens = ours.pooler_output.split((grid.prod(-1) // visual.spatial_merge_size**2).tolist())
+        assert torch.equal(tokens[0], tokens[3]) and not torch.equal(tokens[0], tokens[2])
+        visual(pv, grid_thw=grid, return_dict=True)  # with gradients: every image through the tower
+        assert seen[-1] == seen[0]
+    finally:
+        probe.remove()
+        for handle in shared.handles:
+            handle.remove()

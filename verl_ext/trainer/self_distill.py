@@ -210,8 +210,8 @@ class SelfDistillTrainer(PPOTrainerSync):
         # follow arrival order too. With several rollout replicas both change from run to run, and with them
         # which rank and micro-batch a row lands in: float sums in another order, which Adam's first steps turn
         # into weight differences of order lr. Sorting by dataloader position, then response tokens, makes a
-        # run with several workers repeat itself; verl then balances. One worker (one replica) already repeats
-        # itself, and its order is kept.
+        # run with several workers repeat itself; verl then balances. One worker keeps verl's order (the CPU
+        # results in the README were produced with it).
         positions = self.__dict__.setdefault("_uid_position", {})
         trainer = self.config.trainer
         if int(trainer.n_gpus_per_node) * int(trainer.nnodes) > 1 and len(batch.keys) > 1:

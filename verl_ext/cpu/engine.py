@@ -18,7 +18,8 @@ with zeros at the prompt positions; any other layout (packed, fused kernels, top
 code unchanged. In forward-only passes (old log-probs, the teacher) positions whose hidden states are the same
 bits (the rows of a group share the prompt and usually the first response tokens: ~30% of the positions are
 distinct on the CPU default) go through the LM head and log-softmax once; the values are those of verl's
-per-row computation, bit for bit. With gradients every position keeps its own row.
+per-row computation, bit for bit. With gradients every position keeps its own row. In the same passes
+:class:`SharedImages` runs the vision tower once per distinct image (a group's rows carry the same one).
 """
 
 from __future__ import annotations

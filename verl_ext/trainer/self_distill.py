@@ -33,6 +33,7 @@ restored policy at the first step.
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
 import shutil
@@ -149,6 +150,9 @@ class SelfDistillTrainer(PPOTrainerSync):
         self.registered_mode = value
 
     def __init__(self, config):
+        # uid -> order of arrival from the dataloader (_balance_batch); a counter, as used uids are dropped
+        self._uid_position: dict[str, int] = {}
+        self._uid_count = itertools.count()
         super().__init__(config)
         self.estimator = str(config.algorithm.adv_estimator)
         self.teacher_enabled = self.estimator in TEACHER_ESTIMATORS
@@ -200,9 +204,8 @@ class SelfDistillTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ batch order
     def _fetch_one_gen_batch(self):
         batch = super()._fetch_one_gen_batch()
-        order = self.__dict__.setdefault("_uid_position", {})
         for uid in batch["uid"]:
-            order[str(uid)] = len(order)
+            self._uid_position[str(uid)] = next(self._uid_count)
         return batch
 
     def _balance_batch(self, batch: KVBatchMeta, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
@@ -212,14 +215,13 @@ class SelfDistillTrainer(PPOTrainerSync):
         # into weight differences of order lr. Sorting by dataloader position, then response tokens, makes a
         # run with several workers repeat itself; verl then balances. One worker keeps verl's order (the CPU
         # results in the README were produced with it).
-        positions = self.__dict__.setdefault("_uid_position", {})
         trainer = self.config.trainer
         if int(trainer.n_gpus_per_node) * int(trainer.nnodes) > 1 and len(batch.keys) > 1:
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses"])
             responses = [tuple(r.tolist()) for r in _rows(data["responses"], len(batch.keys))]
-            batch.reorder(dataloader_order(batch.keys, positions, responses))
+            batch.reorder(dataloader_order(batch.keys, self._uid_position, responses))
         for key in batch.keys:
-            positions.pop(key.rsplit("_", 2)[0], None)
+            self._uid_position.pop(key.rsplit("_", 2)[0], None)
         return super()._balance_batch(batch, metrics, logging_prefix=logging_prefix, keep_minibatch=keep_minibatch)
 
     def _init_resource_pool_mgr(self):

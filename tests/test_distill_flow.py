@@ -228,3 +228,56 @@ def test_preflight_refuses_a_logit_loss_for_rlsd():
         check_estimator(cfg)
     cfg.algorithm.adv_estimator = "sdpo"
     check_estimator(cfg)
+
+
+def _engine(**kw):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from verl.workers.config import FSDPEngineConfig
+
+    return SimpleNamespace(engine_config=dataclasses.replace(FSDPEngineConfig(), **kw), loss_fn=None)
+
+
+def test_topk_pass_runs_at_the_updates_micro_batch():
+    """A top-k forward pass builds full-vocabulary logits at every position, as the update does: with fixed
+    micro-batches it runs at the update's size when the log-prob size is larger (the CPU default: 64 vs 16);
+    otherwise, and under dynamic batch sizes, the pass keeps verl's own sizing."""
+    from verl.utils import tensordict_utils as tu
+
+    from verl_ext.distill.actor import PASS_FLAG
+    from verl_ext.distill.worker import DistillWorkerMixin, topk_micro_batch
+
+    actor = _engine(use_dynamic_bsz=False, micro_batch_size_per_gpu=16, infer_micro_batch_size_per_gpu=64)
+    ref = _engine(use_dynamic_bsz=False, micro_batch_size_per_gpu=64, infer_micro_batch_size_per_gpu=64)
+    assert topk_micro_batch(ref, actor) == 16
+    assert topk_micro_batch(actor, actor) == 16
+    small = _engine(use_dynamic_bsz=False, micro_batch_size_per_gpu=4, infer_micro_batch_size_per_gpu=8)
+    assert topk_micro_batch(small, actor) is None  # 16 rows >= 8: the pass's own size
+    dynamic = _engine(use_dynamic_bsz=True, micro_batch_size_per_gpu=64, infer_micro_batch_size_per_gpu=64)
+    assert topk_micro_batch(dynamic, actor) is None
+    assert topk_micro_batch(ref, None) is None  # no actor on this worker
+
+    class Worker(DistillWorkerMixin):
+        pass
+
+    worker = Worker()
+    worker.actor, worker._distill = actor, DistillOptions(loss="jsd_topk", topk=4)
+    seen = {}
+
+    def call(data):  # stands for verl's forward: records what the mixin hands it
+        seen.update(rows=tu.get_non_tensor_data(data=data, key="micro_batch_size_per_gpu", default=None),
+                    topk=tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=None))
+        return None
+
+    def batch(flag):
+        data = TensorDict({"input_ids": torch.zeros(32, 3, dtype=torch.long)}, batch_size=[32])
+        if flag:
+            tu.assign_non_tensor(data, **{PASS_FLAG: flag})
+        return data
+
+    worker._topk_pass(ref, batch("teacher"), call)
+    assert seen == {"rows": 16, "topk": True}
+    seen.clear()
+    worker._topk_pass(ref, batch(None), call)  # a sampled-token pass: verl's sizing, untouched
+    assert seen == {"rows": None, "topk": None}

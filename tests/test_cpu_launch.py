@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +167,48 @@ def test_warm_start_lines_report_the_probe_and_the_gap(tmp_path):
     assert lines[1] == "  colour taught with soft targets: the true answer weighted 0.4, the others sharing the rest"
     assert lines[2] == "  student, no hint (greedy, validation): 0.800 (colour 1.00, more 0.60)"
     assert lines[4] == "  student's probability of the true colour answer (validation): 0.43, the most probable one on 1.00 of rows"
+
+
+def test_rollout_name_reads_the_last_override():
+    from verl_ext.cpu.launch import rollout_name
+
+    assert rollout_name("hf", []) == "hf"
+    assert rollout_name("hf", ["trainer.total_training_steps=2", "actor_rollout_ref.rollout.name=vllm"]) == "vllm"
+    assert rollout_name("vllm", ["+actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=hf"]) == "hf"
+    assert rollout_name("hf", ["actor_rollout_ref.rollout.name_suffix=vllm"]) == "hf"
+
+
+def test_vllm_rollout_without_vllm_stops_before_any_work(monkeypatch, tmp_path, capsys):
+    """The default venv has no vLLM (it comes with ``setup_venv.sh --vllm``): asking for its rollout stops with the
+    command that installs it, before the data check or the warm start. vLLM is installed in the test venv, so
+    its absence is simulated by hiding it from ``importlib.util.find_spec``."""
+    import importlib.util
+
+    from verl_ext.cpu import launch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    for argv in (["--rollout", "vllm"], ["actor_rollout_ref.rollout.name=vllm"]):
+        with pytest.raises(SystemExit) as stop:
+            launch.main(["--workdir", str(tmp_path), *argv])
+        assert stop.value.code == 2
+        assert "bash scripts/setup_venv.sh --vllm" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing built
+
+
+def test_quickstart_installs_vllm_only_when_asked():
+    """examples/quickstart_cpu.sh's needs_vllm (which adds ``--vllm`` to the setup): ROLLOUT, --rollout and the
+    Hydra override, and nothing else."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart_cpu.sh"
+    body = script.read_text()
+    func = body[body.index("needs_vllm() {"): body.index("\n}\n", body.index("needs_vllm() {")) + 3]
+    cases = {"": False, "grpo --seed 2": False, "--rollout hf": False, "--rollout vllm": True, "--rollout=vllm": True,
+             "rlsd actor_rollout_ref.rollout.name=vllm": True, "+actor_rollout_ref.rollout.name=vllm": True,
+             "actor_rollout_ref.rollout.name=hf": False, "vllm": False}
+    for args, want in cases.items():
+        run = subprocess.run(["bash", "-c", f"{func}\nneeds_vllm {args}"], env={"PATH": os.environ["PATH"]})
+        assert (run.returncode == 0) == want, args
+    run = subprocess.run(["bash", "-c", f"{func}\nneeds_vllm grpo"], env={"PATH": os.environ["PATH"], "ROLLOUT": "vllm"})
+    assert run.returncode == 0

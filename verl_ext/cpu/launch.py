@@ -13,6 +13,7 @@ subprocess with
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -238,6 +239,12 @@ def mean_step_seconds(metrics: dict[int, dict[str, float]], skip_first: bool = T
     return sum(metrics[s]["timing_s/step"] for s in steps) / len(steps)
 
 
+def rollout_name(default: str, overrides: list[str]) -> str:
+    """The rollout server a run gets: the last ``actor_rollout_ref.rollout.name=`` override, else ``default``."""
+    names = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("actor_rollout_ref.rollout.name=")]
+    return names[-1] if names else default
+
+
 def seed_overrides(seed: int) -> list[str]:
     """The RL side of ``--seed``: data order, the rollout server's sampling and the teacher's draws."""
     return [f"data.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}", f"algorithm.teacher.seed={seed}"]
@@ -294,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for verl's trainer")
     args = parser.parse_intermixed_args(argv)  # --seed may follow the Hydra overrides
 
+    if rollout_name(args.rollout, args.overrides) == "vllm" and importlib.util.find_spec("vllm") is None:
+        parser.error("the vllm rollout needs vLLM's CPU build: bash scripts/setup_venv.sh --vllm "
+                     "(examples/quickstart_cpu.sh runs it when ROLLOUT=vllm or --rollout vllm is given)")
     from verl_ext.text_warm_start import build_text_warm_start
     from verl_ext.tiny_model import build_tiny_qwen3vl
     from verl_ext.tiny_text_model import build_tiny_qwen3

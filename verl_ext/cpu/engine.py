@@ -19,7 +19,9 @@ code unchanged. In forward-only passes (old log-probs, the teacher) positions wh
 bits (the rows of a group share the prompt and usually the first response tokens: ~30% of the positions are
 distinct on the CPU default) go through the LM head and log-softmax once; the values are those of verl's
 per-row computation, bit for bit. With gradients every position keeps its own row. In the same passes
-:class:`SharedImages` runs the vision tower once per distinct image (a group's rows carry the same one).
+:class:`SharedImages` runs the vision tower once per distinct image (a group's rows carry the same one), and
+:func:`forward_only_rows` lets them take more rows per micro-batch than configured (one per step on the CPU
+default), since their memory follows the response positions, not the rows.
 """
 
 from __future__ import annotations
@@ -75,6 +77,31 @@ def response_positions(data) -> torch.Tensor | None:
         return None  # a layout this shortcut does not know: verl's own path
     cols = torch.arange(int(seq_lens.max()), device=seq_lens.device)[None]
     return (cols >= prompt_lens[:, None] - 1) & (cols < (prompt_lens + response_lens)[:, None] - 1)
+
+
+# Response positions per forward-only micro-batch: their [positions, 151,669] float32 logits are ~1.2 GB.
+FORWARD_ONLY_POSITIONS = 2048
+
+
+def forward_only_rows(data) -> int | None:
+    """Rows per micro-batch of a forward-only pass on the response-logits path (old log-probs, the teacher):
+    the most rows that divide the batch (verl's fixed micro-batches must) and hold at most
+    ``FORWARD_ONLY_POSITIONS`` response positions, or None to keep the configured size (fewer rows than it,
+    dynamic batch sizes, or verl's full-logits path, e.g. top-k passes). Their memory is set by the response
+    positions, not by the rows, and each micro-batch pays verl's per-call costs: one micro-batch per step
+    (64 rows) took the teacher pass 0.39 -> 0.29 s and the old log-probs 0.49 -> 0.42 s on the CPU default,
+    with the 12-step run's metrics equal bit for bit (the rows are computed independently)."""
+    if tu.get_non_tensor_data(data=data, key="use_dynamic_bsz", default=True):
+        return None
+    configured = tu.get_non_tensor_data(data=data, key="micro_batch_size_per_gpu", default=None)
+    if configured is None or response_positions(data) is None:
+        return None
+    n, group = len(data), int(tu.get_non_tensor_data(data=data, key="force_group_size", default=1))
+    longest = max(int(prompt_response_lens(data)[1].max()), 1)
+    for rows in range(n, int(configured), -1):
+        if n % (rows * group) == 0 and rows * longest <= FORWARD_ONLY_POSITIONS:
+            return rows
+    return None
 
 
 def unique_rows(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -193,6 +220,12 @@ class _ResponseLogitsMixin:
                 not isinstance(temperature, torch.Tensor) or bool((temperature == temperature.flatten()[0]).all()))
             output_args["response_rows"] = rows
         return model_inputs, output_args
+
+    def forward_backward_batch(self, data, loss_function, forward_only=False):
+        rows = forward_only_rows(data) if forward_only else None
+        if rows is not None:
+            tu.assign_non_tensor(data, micro_batch_size_per_gpu=rows)
+        return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
 
     def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
         rows = output_args.get("response_rows")

@@ -9,7 +9,7 @@
 #   STEPS=8 bash examples/quickstart_cpu.sh sdpo    # extra arguments are Hydra overrides for verl
 #   bash examples/quickstart_cpu.sh grpo --seed 2   # or SEED=2: the tiny model's init, its warm start and RL
 #   bash examples/quickstart_cpu.sh --text rlsd     # or MODALITY=text: a tiny text Qwen3 on generated arithmetic
-#   ROLLOUT=vllm bash examples/quickstart_cpu.sh    # or --rollout vllm: verl's vLLM server (the GPU recipes' rollout)
+#   ROLLOUT=vllm bash examples/quickstart_cpu.sh    # or --rollout vllm: verl's vLLM server (the GPU recipes' rollout; its CPU build is installed on first use)
 # CPU overrides: recipe/config/cpu_tiny.yaml. Outputs: outputs/cpu/ (data, model, logs, metrics, checkpoints).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

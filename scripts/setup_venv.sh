@@ -29,7 +29,7 @@ vllm_done=1; [ "$WITH_VLLM" = 1 ] && ! stamped "$VLLM_STAMP" "$want_vllm" && vll
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv==0.13.9
 PIP=("$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" --compile-bytecode)
 if [ "$core_done" = 0 ]; then
-  echo "[setup] installing the CPU stack into $VENV (first run: about 1 minute, 5.9 GB)" >&2
+  echo "[setup] installing the CPU stack into $VENV (first run: about 1 minute, 6.0 GB)" >&2
   rm -f "$VLLM_STAMP"
   # torch first and alone, so the resolver never swaps in another build for a later package.
   "${PIP[@]}" -c "$ROOT/constraints-cpu.txt" torch torchvision torchaudio

@@ -161,6 +161,23 @@ def test_shared_row_log_probs_match_verl_and_float64(dtype):
     torch.testing.assert_close(ours.double(), exact, rtol=rel, atol=6e-5)
 
 
+def test_shared_row_log_probs_in_chunks_match_verl_at_the_full_vocabulary():
+    """bf16 rows go through log-softmax LOG_SOFTMAX_ROWS at a time: 37 distinct rows (three chunks, the last one
+    partial) of Qwen's 151,669 logits, 90 positions in shuffled order, each row used at least once; the result is
+    verl's one-row-at-a-time computation bit for bit."""
+    from verl.utils.torch_functional import logprobs_from_logits
+    from verl_ext.cpu.engine import LOG_SOFTMAX_ROWS, shared_row_log_probs
+
+    g = torch.Generator().manual_seed(1)
+    rows, vocab = 2 * LOG_SOFTMAX_ROWS + 5, 151669
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(torch.bfloat16)
+    inverse = torch.cat([torch.arange(rows), torch.randint(0, rows, (90 - rows,), generator=g)])
+    inverse = inverse[torch.randperm(90, generator=g)]
+    labels = torch.randint(0, vocab, (90,), generator=g)
+    ours = shared_row_log_probs(logits, inverse, labels)
+    assert torch.equal(ours, logprobs_from_logits(logits=logits[inverse], labels=labels))
+
+
 def test_forward_only_pass_shares_equal_hidden_states(model):
     """Under no_grad (verl's forward-only passes) rows with the same prompt and response prefix share their LM-head
     rows: the LM head sees fewer rows, and the log-probs / entropy equal verl's full-logits path; with gradients

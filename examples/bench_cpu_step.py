@@ -26,10 +26,11 @@ from verl_ext.tiny_model import build_tiny_qwen3vl  # noqa: E402
 from verl_ext.warm_start import build_warm_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# timing_s/adv contains timing_s/teacher (the teacher pass runs inside verl's "adv" timer); the teacher pass
-# is split into its input build, the TransferQueue put and the workers' forward.
+# timing_s/adv contains timing_s/teacher (the teacher pass runs inside verl's "adv" timer): the wait for its
+# inputs and the workers' forward. The inputs (build, TransferQueue put) are prepared in a driver thread during
+# old_log_prob, so teacher_build and teacher_put overlap that stage and are not part of the step's sum.
 PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/teacher_build",
-         "timing_s/teacher_put", "timing_s/teacher_forward", "timing_s/adv", "timing_s/adv_diag",
+         "timing_s/teacher_put", "timing_s/teacher_wait", "timing_s/teacher_forward", "timing_s/adv", "timing_s/adv_diag",
          "timing_s/update_actor", "timing_s/update_weights", "timing_s/teacher_sync")  # fmt: skip
 
 

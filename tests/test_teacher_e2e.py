@@ -93,6 +93,7 @@ def test_live_teacher_without_hint_reproduces_old_log_probs(setup):
     for s in steps:
         assert s["teacher/logprob_gap_mean"] == 0.0 and s["opsd/delta_abs_mean"] == 0.0
         assert s["teacher/valid_frac"] == 1.0 and "timing_s/teacher" in s
+        assert "timing_s/teacher_wait" in s  # inputs built in the driver thread during the old-log-prob pass
 
 
 def test_frozen_teacher_copy_sync_and_resume(setup):

@@ -358,3 +358,52 @@ def test_teacher_copy_reaches_the_fp32_shards_after_an_eval_forward(tmp_path):
             assert torch.equal(teacher(x), policy(x))
     finally:
         dist.destroy_process_group()
+
+
+def test_teacher_inputs_prepared_during_the_old_log_probs_are_used_for_their_rows_only(monkeypatch):
+    """The inputs built in the driver thread while the workers compute old log-probs are taken at the advantage
+    stage when they were built for the same rows, in the same order; otherwise their teacher rows leave
+    TransferQueue and the inputs are built again. An error in the thread surfaces there. TransferQueue's
+    ``kv_clear`` is replaced by a recorder (the queue itself runs in the e2e tests)."""
+    from concurrent.futures import Future
+
+    from transfer_queue import KVBatchMeta
+
+    from verl_ext.trainer import self_distill as sd
+
+    built = []
+
+    def prepare(batch, step):
+        built.append((list(batch.keys), step))
+        return sd.TeacherInputs(list(batch.keys), [], [], torch.ones(len(batch.keys), dtype=torch.bool), [], {},
+                                timing={"teacher_build": 0.25})  # fmt: skip
+
+    trainer = object.__new__(sd.SelfDistillTrainer)
+    trainer.timing_raw, trainer.global_steps, trainer._prepare_teacher = {}, 3, prepare
+    cleared = []
+    monkeypatch.setattr(sd.tq, "kv_clear", lambda keys, partition_id: cleared.append((keys, partition_id)))
+    batch = KVBatchMeta(keys=["a_0", "b_0"], tags=[{}, {}], partition_id="train")
+
+    def done(value=None, error=None):
+        future = Future()
+        future.set_exception(error) if error else future.set_result(value)
+        return future
+
+    trainer._teacher_inputs = done(prepare(batch, 3))
+    assert trainer._teacher_inputs_for(batch).keys == ["a_0", "b_0"] and len(built) == 1
+    assert trainer.timing_raw["teacher_build"] == 0.25 and "teacher_wait" in trainer.timing_raw
+
+    stale = prepare(KVBatchMeta(keys=["b_0", "a_0"], tags=[{}, {}], partition_id="train"), 3)  # reordered rows
+    stale.teacher_keys = ["b_0_teacher", "a_0_teacher"]
+    trainer._teacher_inputs = done(stale)
+    assert trainer._teacher_inputs_for(batch).keys == ["a_0", "b_0"]
+    assert cleared == [(["b_0_teacher", "a_0_teacher"], sd.TEACHER_PARTITION)]
+    assert built[-1] == (["a_0", "b_0"], 3) and len(built) == 3  # rebuilt for the rows as they are now
+    assert trainer.timing_raw["teacher_build"] == 0.5  # the discarded build is not counted
+
+    trainer._teacher_inputs = done(error=NotImplementedError("trajectory x_1"))
+    with pytest.raises(NotImplementedError, match="x_1"):
+        trainer._teacher_inputs_for(batch)
+    assert trainer._teacher_inputs is None
+    trainer._teacher_inputs_for(batch)  # nothing pending: built in place
+    assert len(built) == 4

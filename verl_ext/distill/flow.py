@@ -47,6 +47,11 @@ class DistillFlow:
         for wg in groups:
             wg.set_distill_loss(self.options.to_dict(), self.estimator, self.coef)
 
+    @property
+    def needs_student_ids(self) -> bool:
+        """The teacher rows carry the student's top-k ids, known only after the old-log-prob pass."""
+        return self.enabled and self.options.support == "student"
+
     # ----------------------------------------------------------------- 1. student pass
     def mark_student_pass(self, batch) -> None:
         if self.enabled and self.options.support == "student":

@@ -9,9 +9,10 @@ several places (replay buffer, exact refill, TransferQueue checkpointing, in-fli
 :attr:`SelfDistillTrainer.trainer_mode` therefore reads ``"sync"`` while
 :attr:`registered_mode` keeps the name, so the mode behaves exactly as ``sync``.
 
-One step (differences from ``sync`` in bold): reward -> old log-probs -> **teacher sync**
-(frozen/ema) -> **teacher inputs** (:class:`verl_ext.privileged.PrivilegedPromptBuilder`: question +
-same images + hint + the same response tokens) -> **teacher log-probs** of the sampled tokens through
+One step (differences from ``sync`` in bold): **teacher sync** (frozen/ema) -> rollout and reward -> old
+log-probs, with the **teacher inputs** built meanwhile in a driver thread
+(:class:`verl_ext.privileged.PrivilegedPromptBuilder`: question + same images + hint + the same response
+tokens; they need only the rollout and the reward) -> **teacher log-probs** of the sampled tokens through
 verl's worker groups (``live``: the actor's ``compute_log_prob``; ``frozen``/``ema``: the ref
 model's ``compute_ref_log_prob``, the ref slot holding the teacher copy) -> advantage with
 ``teacher_log_probs``, ``old_log_probs``, ``global_step`` (+ ``teacher_valid``, ``reweight_mask``)
@@ -37,6 +38,9 @@ import itertools
 import logging
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -134,6 +138,22 @@ def prune_teacher_copies(root: str) -> list[str]:
             shutil.rmtree(teacher, ignore_errors=True)
             removed.append(teacher)
     return sorted(removed)
+
+
+@dataclass
+class TeacherInputs:
+    """One step's teacher inputs, built for the student rows ``keys``; ``teacher_keys`` once put."""
+
+    keys: list[str]
+    samples: list[StudentSample]
+    teacher: list
+    valid: torch.Tensor
+    response_masks: list
+    metrics: dict
+    distill_info: dict = field(default_factory=dict)
+    teacher_keys: list[str] | None = None
+    teacher_tags: list[dict] | None = None
+    timing: dict = field(default_factory=dict)  # seconds of the build and the put, spent in the driver thread
 
 
 @register_trainer(TEACHER_TRAINER_MODE)
@@ -283,14 +303,6 @@ class SelfDistillTrainer(PPOTrainerSync):
         self._teacher_step_metrics["teacher/synced"] = float(rate == 1.0)
         self._teacher_step_metrics["teacher/blend_rate"] = float(rate or 0.0)
 
-    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        # logit-level loss: the same forward also records the student's top-k ids (verl_ext.distill.flow)
-        self.distill.mark_student_pass(batch)
-        try:
-            return super()._compute_old_log_prob(batch, metrics)
-        finally:
-            self.distill.unmark(batch)
-
     def _compute_ref_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         # The ref slot may hold only the teacher; KL log-probs are computed when KL asks for them.
         if self.kl_needs_ref:
@@ -316,36 +328,46 @@ class SelfDistillTrainer(PPOTrainerSync):
             )
         return self._teacher_builder
 
-    # The teacher pass in three parts: inputs (builder) -> log-probs (verl's workers) -> advantage.
-    def _build_teacher_inputs(self, batch: KVBatchMeta, metrics: dict):
-        """Student rows from TransferQueue -> teacher inputs, hints (``valid``), response masks."""
+    # The teacher pass in three parts: inputs (builder) -> log-probs (verl's workers) -> advantage. The inputs need
+    # only what the rollout and reward wrote, so they are built (and put into TransferQueue) in a driver thread
+    # while the workers compute the old log-probs; the advantage stage waits for them.
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if self.teacher_enabled:
+            if getattr(self, "_teacher_pool", None) is None:
+                self._teacher_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-inputs")
+            student = KVBatchMeta(keys=list(batch.keys), tags=list(batch.tags), partition_id=batch.partition_id)
+            self._teacher_inputs = self._teacher_pool.submit(self._prepare_teacher, student, int(self.global_steps))
+        # logit-level loss: the same forward also records the student's top-k ids (verl_ext.distill.flow)
+        self.distill.mark_student_pass(batch)
+        try:
+            return super()._compute_old_log_prob(batch, metrics)
+        finally:
+            self.distill.unmark(batch)
+
+    def _prepare_teacher(self, batch: KVBatchMeta, step: int) -> TeacherInputs:
+        """Student rows from TransferQueue -> teacher inputs, hints (``valid``), response masks; the teacher rows
+        put into TransferQueue unless the distillation loss still has to add the student's top-k ids to them."""
         for key in batch.keys:
             if not key.endswith("_0"):
                 raise NotImplementedError(
                     f"trajectory {key}: the teacher pass supports single-output agent loops only"
                 )
+        start = time.perf_counter()
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_STUDENT_FIELDS)
         samples = student_samples_from_tensordict(data, batch.tags)
         response_masks = _rows(data["response_mask"], len(samples))
-        teacher, hints, build_metrics = self._builder().build(samples, step=self.global_steps)
-        metrics.update(build_metrics)
-        return samples, teacher, hints, response_masks
+        teacher, hints, build_metrics = self._builder().build(samples, step=step)
+        prepared = TeacherInputs(list(batch.keys), samples, teacher, hints.valid, response_masks, build_metrics)
+        prepared.timing["teacher_build"] = time.perf_counter() - start
+        if bool(hints.valid.any()) and not self.distill.needs_student_ids:
+            start = time.perf_counter()
+            self._put_teacher_rows(batch, prepared)
+            prepared.timing["teacher_put"] = time.perf_counter() - start
+        return prepared
 
-    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
-        with marked_timer("teacher_build", self.timing_raw, color="purple"):
-            samples, teacher, hints, response_masks = self._build_teacher_inputs(batch, metrics)
-        if not bool(hints.valid.any()):
-            # e.g. sdpo before any group has a sibling: no row gets a teacher signal, skip the forward
-            empty = [torch.zeros(len(s.response_ids)) for s in samples]
-            self.distill.store_teacher_values(batch, hints.valid)
-            return torch.nested.as_nested_tensor(empty, layout=torch.jagged), hints.valid, samples
-        return self._teacher_forward(batch, teacher, response_masks, hints.valid), hints.valid, samples
-
-    def _teacher_forward(self, batch: KVBatchMeta, teacher: list, response_masks: list, valid: torch.Tensor) -> torch.Tensor:
-        """Log-probs of the response tokens under the teacher through verl's workers (nested ``[B, R_i]``)."""
+    def _put_teacher_rows(self, batch: KVBatchMeta, prepared: TeacherInputs) -> None:
         rows, tags = [], []
-        for t, mask in zip(teacher, response_masks):
+        for t, mask in zip(prepared.teacher, prepared.response_masks):
             rows.append(
                 {
                     "prompts": t.prompt_ids,
@@ -360,10 +382,45 @@ class SelfDistillTrainer(PPOTrainerSync):
             length = int(t.input_ids.numel())
             tags.append({"status": "success", "prompt_len": int(t.prompt_ids.numel()), "response_len": length - int(t.prompt_ids.numel()), "seq_len": length})
         keys = [f"{k}_teacher" for k in batch.keys]
-        distill_info: dict = {}
-        self.distill.add_teacher_inputs(batch, rows, distill_info)
-        with marked_timer("teacher_put", self.timing_raw, color="purple"):
-            tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
+        self.distill.add_teacher_inputs(batch, rows, prepared.distill_info)
+        tq.kv_batch_put(keys=keys, partition_id=TEACHER_PARTITION, fields=list_of_dict_to_tensordict(rows), tags=tags)
+        prepared.teacher_keys, prepared.teacher_tags = keys, tags
+
+    def _teacher_inputs_for(self, batch: KVBatchMeta) -> TeacherInputs:
+        """The inputs prepared during the old-log-prob pass (their errors raised here), or built now when there
+        are none for these rows."""
+        pending, self._teacher_inputs = getattr(self, "_teacher_inputs", None), None
+        prepared = None
+        if pending is not None:
+            with marked_timer("teacher_wait", self.timing_raw, color="purple"):
+                prepared = pending.result()
+            if prepared.keys != list(batch.keys):  # the rows changed after the old-log-prob pass
+                if prepared.teacher_keys is not None:
+                    tq.kv_clear(keys=prepared.teacher_keys, partition_id=TEACHER_PARTITION)
+                prepared = None
+        if prepared is None:
+            prepared = self._prepare_teacher(batch, int(self.global_steps))
+        for name, seconds in prepared.timing.items():
+            self.timing_raw[name] = self.timing_raw.get(name, 0.0) + seconds
+        return prepared
+
+    def _compute_teacher_log_prob(self, batch: KVBatchMeta, metrics: dict) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Teacher log-probs of the sampled tokens (nested ``[B, R_i]``), ``teacher_valid`` ``[B]``, the rows."""
+        prepared = self._teacher_inputs_for(batch)
+        metrics.update(prepared.metrics)
+        if not bool(prepared.valid.any()):
+            # e.g. sdpo before any group has a sibling: no row gets a teacher signal, skip the forward
+            empty = [torch.zeros(len(s.response_ids)) for s in prepared.samples]
+            self.distill.store_teacher_values(batch, prepared.valid)
+            return torch.nested.as_nested_tensor(empty, layout=torch.jagged), prepared.valid, prepared.samples
+        return self._teacher_forward(batch, prepared), prepared.valid, prepared.samples
+
+    def _teacher_forward(self, batch: KVBatchMeta, prepared: TeacherInputs) -> torch.Tensor:
+        """Log-probs of the response tokens under the teacher through verl's workers (nested ``[B, R_i]``)."""
+        if prepared.teacher_keys is None:  # the rows wait for the student's top-k ids (old-log-prob pass)
+            with marked_timer("teacher_put", self.timing_raw, color="purple"):
+                self._put_teacher_rows(batch, prepared)
+        keys, tags = prepared.teacher_keys, prepared.teacher_tags
         try:
             meta = KVBatchMeta(
                 keys=keys,
@@ -373,7 +430,7 @@ class SelfDistillTrainer(PPOTrainerSync):
                     "calculate_entropy": False,
                     "compute_loss": False,
                     "temperature": self.config.actor_rollout_ref.rollout.temperature,
-                    **distill_info,
+                    **prepared.distill_info,
                 },
             )
             with marked_timer("teacher_forward", self.timing_raw, color="purple"):
@@ -384,7 +441,7 @@ class SelfDistillTrainer(PPOTrainerSync):
             assert len(output) == len(keys)
             out = tq.kv_batch_get(keys=keys, partition_id=TEACHER_PARTITION, select_fields=["log_probs", "response_mask"])
             teacher_log_probs = response_from_nested(out["log_probs"], out["response_mask"])
-            self.distill.store_teacher_values(batch, valid, keys, TEACHER_PARTITION)
+            self.distill.store_teacher_values(batch, prepared.valid, keys, TEACHER_PARTITION)
         finally:
             tq.kv_clear(keys=keys, partition_id=TEACHER_PARTITION)
         return teacher_log_probs

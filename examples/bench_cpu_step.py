@@ -5,7 +5,7 @@ The runs go back to back on the same machine with the CPU default's config (the 
 Qwen3-VL, 8 prompts x 8 responses, validation off); the first step of each run (warm-up) is left out of
 the mean.
 
-    python examples/bench_cpu_step.py [--steps 6] [--workdir outputs/cpu_bench]
+    python examples/bench_cpu_step.py [--steps 6] [--repeats 1] [--workdir outputs/cpu_bench]
     python examples/bench_cpu_step.py --rollouts hf,vllm [--method grpo] [--steps 6]
 """
 
@@ -37,6 +37,7 @@ PARTS = ("timing_s/gen", "timing_s/old_log_prob", "timing_s/teacher", "timing_s/
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1, help="GRPO and RLSD runs, alternating; pooled steps")
     parser.add_argument("--workdir", default=str(ROOT / "outputs" / "cpu_bench"))
     parser.add_argument("--model-dir", default=None, help="a warm-started tiny model (default: built in --workdir)")
     parser.add_argument("--rollouts", default=None, help="e.g. hf,vllm: compare rollout servers instead of methods")
@@ -56,24 +57,34 @@ def main() -> None:
     if args.rollouts:
         compare_rollouts(args, work, model, data)
         return
-    results = {}
-    for method in ("grpo", "rlsd"):
-        print(f"running {method} for {args.steps} steps ...", flush=True)
-        # GRPO on the self_distill trainer too (no teacher pass for grpo): both runs share the trainer, so the
-        # teacher pass is the only difference (verl's own sync trainer polls for rollouts every 2 s)
-        path, _ = run_training(method, work, model, data, args.steps, run_name=f"bench_{method}",
-                               extra=["trainer.val_before_train=false", "trainer.test_freq=-1",
-                                      "trainer.v1.trainer_mode=self_distill", *args.overrides])
-        metrics = train_steps(read_metrics(path))
-        steps = sorted(metrics)[1:]
-        results[method] = {key: [metrics[s].get(key, 0.0) for s in steps] for key in ("timing_s/step", *PARTS)}
-    print(f"\nseconds per step (steps 2..{args.steps}, mean +- stdev):")
+    results: dict[str, dict[str, list[float]]] = {}
+    pairs = []
+    for repeat in range(args.repeats):
+        step_means = {}
+        for method in ("grpo", "rlsd"):
+            print(f"running {method} for {args.steps} steps ({repeat + 1}/{args.repeats}) ...", flush=True)
+            # GRPO on the self_distill trainer too (no teacher pass for grpo): both runs share the trainer, so the
+            # teacher pass is the only difference (verl's own sync trainer polls for rollouts every 2 s)
+            name = f"bench_{method}" + (f"_{repeat + 1}" if args.repeats > 1 else "")
+            path, _ = run_training(method, work, model, data, args.steps, run_name=name,
+                                   extra=["trainer.val_before_train=false", "trainer.test_freq=-1",
+                                          "trainer.v1.trainer_mode=self_distill", *args.overrides])
+            metrics = train_steps(read_metrics(path))
+            steps = sorted(metrics)[1:]
+            pooled = results.setdefault(method, {key: [] for key in ("timing_s/step", *PARTS)})
+            for key in pooled:
+                pooled[key] += [metrics[s].get(key, 0.0) for s in steps]
+            step_means[method] = statistics.mean(metrics[s]["timing_s/step"] for s in steps)
+        pairs.append(step_means["rlsd"] / step_means["grpo"])
+    print(f"\nseconds per step (steps 2..{args.steps} of {args.repeats} run(s) each, mean +- stdev):")
     for method, timing in results.items():
         step = timing["timing_s/step"]
         parts = "  ".join(f"{k.split('/')[-1]}={statistics.mean(v):.2f}" for k, v in timing.items() if k != "timing_s/step")
         print(f"  {method:5s} {statistics.mean(step):6.2f} +- {statistics.stdev(step) if len(step) > 1 else 0:.2f}   ({parts})")
     ratio = statistics.mean(results["rlsd"]["timing_s/step"]) / statistics.mean(results["grpo"]["timing_s/step"])
     print(f"RLSD / GRPO step-time ratio: {ratio:.3f} (goal <= 1.05)")
+    if len(pairs) > 1:  # GRPO and RLSD alternate, so a slow spell of the machine falls on both
+        print(f"  of each pair of runs: {', '.join(f'{r:.3f}' for r in pairs)}")
     # within the RLSD run alone (robust to load that changes between the two runs): step / (step - teacher work)
     rlsd = results["rlsd"]
     extra = [t + s for t, s in zip(rlsd["timing_s/teacher"], rlsd.get("timing_s/teacher_sync", [0.0] * len(rlsd["timing_s/teacher"])))]

@@ -54,7 +54,7 @@ class DistillFlow:
 
     # ----------------------------------------------------------------- 1. student pass
     def mark_student_pass(self, batch) -> None:
-        if self.enabled and self.options.support == "student":
+        if self.needs_student_ids:
             batch.extra_info[PASS_FLAG] = "student"
 
     def unmark(self, batch) -> None:
